@@ -50,20 +50,50 @@ pub enum CoreMsg {
     Publish(PublishRequest),
     /// Reply with the room's latest seq; with `subscribe`, also start sending `Deliver`s of the
     /// room to the requesting core.
-    Join { room: Name, subscribe: bool, reply: ReplyTo },
+    Join {
+        room: Name,
+        subscribe: bool,
+        reply: ReplyTo,
+    },
     /// History page or resume, served from the owner's recent messages.
-    Fetch { room: Name, kind: FetchKind, subscribe: bool, reply: ReplyTo },
-    Subscribe { channel: Channel, core: CoreId },
-    Unsubscribe { channel: Channel, core: CoreId },
+    Fetch {
+        room: Name,
+        kind: FetchKind,
+        subscribe: bool,
+        reply: ReplyTo,
+    },
+    Subscribe {
+        channel: Channel,
+        core: CoreId,
+    },
+    Unsubscribe {
+        channel: Channel,
+        core: CoreId,
+    },
     /// A direct message for the cores where `user` is connected (from the room's owner to the
     /// user channel's owner).
-    ForwardToUser { user: Name, room: Name, seq: u64, frame: Bytes },
+    ForwardToUser {
+        user: Name,
+        room: Name,
+        seq: u64,
+        frame: Bytes,
+    },
 
     // ---- to the core of a connection ----
     /// A message for every local member of `channel`.
-    Deliver { channel: Channel, room: Name, seq: u64, frame: Bytes },
+    Deliver {
+        channel: Channel,
+        room: Name,
+        seq: u64,
+        frame: Bytes,
+    },
     /// The answer to one request.
-    Reply { to: ReplyTo, reply: Reply },
+    Reply {
+        to: ReplyTo,
+        reply: Reply,
+    },
+    /// End of the drain: close every connection with 1001 and stop.
+    Shutdown,
 }
 
 /// Answers from an owner core to a connection's request.
@@ -75,7 +105,12 @@ pub enum Reply {
     Joined { room: Name, seq: u64 },
     /// `resume`: every stored message after the requested seq, the latest seq, and whether
     /// nothing in between was missing.
-    Resumed { room: Name, seq: u64, messages: Vec<Bytes>, complete: bool },
+    Resumed {
+        room: Name,
+        seq: u64,
+        messages: Vec<Bytes>,
+        complete: bool,
+    },
 }
 
 /// One core's inbox.
@@ -86,7 +121,10 @@ pub struct Mailbox {
 
 impl Default for Mailbox {
     fn default() -> Self {
-        Mailbox { queue: SegQueue::new(), waker: AtomicWaker::new() }
+        Mailbox {
+            queue: SegQueue::new(),
+            waker: AtomicWaker::new(),
+        }
     }
 }
 
@@ -97,6 +135,7 @@ impl Mailbox {
     }
 
     /// Takes the next batch if there is one.
+    #[cfg(test)]
     pub fn try_recv(&self) -> Option<Vec<CoreMsg>> {
         self.queue.pop()
     }
@@ -129,7 +168,12 @@ pub struct Outbox {
 impl Outbox {
     pub fn new(mailboxes: Arc<[Mailbox]>) -> Self {
         let pending = (0..mailboxes.len()).map(|_| Vec::new()).collect();
-        Outbox { mailboxes, pending: RefCell::new(pending), scheduled: Cell::new(false), flusher: RefCell::new(None) }
+        Outbox {
+            mailboxes,
+            pending: RefCell::new(pending),
+            scheduled: Cell::new(false),
+            flusher: RefCell::new(None),
+        }
     }
 
     pub fn cores(&self) -> usize {

@@ -1,1 +1,127 @@
-fn main() {}
+//! `chat-server`: start one monoio runtime per core, each with its own SO_REUSEPORT listener.
+//!
+//! The path of one message, file by file: [`connection`] reads a frame and decodes the request,
+//! [`ops::send`] checks it and hands it to the room's owner core through [`fanout`],
+//! [`bus::memory`] assigns its seq, stores it and sends it to every core with members, and
+//! [`core`] writes the shared frame to each member's socket.
+
+mod bus;
+mod config;
+mod connection;
+mod core;
+mod fanout;
+mod http;
+mod metrics;
+mod node;
+mod ops;
+
+use clap::Parser;
+use node::Node;
+use std::net::SocketAddr;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let config = config::Config::parse();
+    let threads = match config.validate() {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(2);
+        }
+    };
+    // Signals are taken by one thread with sigwait; every other thread inherits the mask.
+    let signals = block_shutdown_signals();
+
+    // Bind the first listener here so that port 0 resolves once; every core then binds the
+    // same address with SO_REUSEPORT and the kernel spreads connections among them.
+    let first = match bind(config.listen) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: cannot listen on {}: {e}", config.listen);
+            std::process::exit(1);
+        }
+    };
+    let addr = first.local_addr().expect("local address");
+    let node = Node::new(config, threads);
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let mut listeners = vec![Some(first)];
+    for _ in 1..threads {
+        listeners.push(Some(
+            bind(addr).unwrap_or_else(|e| panic!("bind {addr} again: {e}")),
+        ));
+    }
+    let handles: Vec<_> = listeners
+        .into_iter()
+        .enumerate()
+        .map(|(id, listener)| {
+            let node = node.clone();
+            let ready = ready_tx.clone();
+            std::thread::Builder::new()
+                .name(format!("core-{id}"))
+                .spawn(move || core::run(id, node, listener.unwrap(), ready))
+                .expect("spawn core thread")
+        })
+        .collect();
+    for _ in 0..threads {
+        ready_rx.recv().expect("core started");
+    }
+    println!("listening on http://{addr}");
+    tracing::info!(%addr, threads, "chat-server ready (standalone: rooms ordered in memory)");
+
+    let drain_node = node.clone();
+    std::thread::spawn(move || {
+        let sig = wait_for_signal(&signals);
+        tracing::info!(signal = sig, "draining");
+        drain_node.start_draining();
+        std::thread::sleep(std::time::Duration::from_secs_f64(
+            drain_node.config.drain_grace,
+        ));
+        for mailbox in drain_node.mailboxes.iter() {
+            mailbox.send(vec![fanout::CoreMsg::Shutdown]);
+        }
+    });
+    for h in handles {
+        let _ = h.join();
+    }
+    tracing::info!("stopped");
+}
+
+fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    Ok(socket.into())
+}
+
+fn block_shutdown_signals() -> libc::sigset_t {
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+fn wait_for_signal(set: &libc::sigset_t) -> i32 {
+    let mut sig = 0;
+    unsafe { libc::sigwait(set, &mut sig) };
+    sig
+}

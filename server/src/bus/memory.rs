@@ -91,7 +91,6 @@ struct Remembered {
 
 /// The rooms and user channels one core owns.
 pub struct RoomShard {
-    core: CoreId,
     cfg: MemoryConfig,
     rooms: AHashMap<Name, RoomState>,
     users: AHashMap<Name, CoreSet>,
@@ -107,7 +106,6 @@ pub struct RoomShard {
 impl RoomShard {
     pub fn new(core: CoreId, node_id: u64, cfg: MemoryConfig) -> Self {
         RoomShard {
-            core,
             cfg,
             rooms: AHashMap::new(),
             users: AHashMap::new(),
@@ -135,22 +133,43 @@ impl RoomShard {
     pub fn handle(&mut self, msg: CoreMsg, out: &Outbox) -> Result<(), CoreMsg> {
         match msg {
             CoreMsg::Publish(req) => self.publish(req, out),
-            CoreMsg::Join { room, subscribe, reply } => {
+            CoreMsg::Join {
+                room,
+                subscribe,
+                reply,
+            } => {
                 let core = reply.core;
                 let state = self.room(&room);
                 if subscribe {
                     state.subscribers.insert(core);
                 }
                 let seq = state.seq;
-                out.push(core, CoreMsg::Reply { to: reply, reply: Reply::Joined { room, seq } });
+                out.push(
+                    core,
+                    CoreMsg::Reply {
+                        to: reply,
+                        reply: Reply::Joined { room, seq },
+                    },
+                );
             }
-            CoreMsg::Fetch { room, kind, subscribe, reply } => {
+            CoreMsg::Fetch {
+                room,
+                kind,
+                subscribe,
+                reply,
+            } => {
                 let state = self.room(&room);
                 if subscribe {
                     state.subscribers.insert(reply.core);
                 }
                 let answer = fetch(&room, state, kind);
-                out.push(reply.core, CoreMsg::Reply { to: reply, reply: answer });
+                out.push(
+                    reply.core,
+                    CoreMsg::Reply {
+                        to: reply,
+                        reply: answer,
+                    },
+                );
             }
             CoreMsg::Subscribe { channel, core } => match channel {
                 Channel::Room(room) => self.room(&room).subscribers.insert(core),
@@ -171,11 +190,24 @@ impl RoomShard {
                     }
                 }
             },
-            CoreMsg::ForwardToUser { user, room, seq, frame } => {
+            CoreMsg::ForwardToUser {
+                user,
+                room,
+                seq,
+                frame,
+            } => {
                 if let Some(set) = self.users.get(&user) {
                     for core in set.iter() {
                         let channel = Channel::User(user.clone());
-                        out.push(core, CoreMsg::Deliver { channel, room: room.clone(), seq, frame: frame.clone() });
+                        out.push(
+                            core,
+                            CoreMsg::Deliver {
+                                channel,
+                                room: room.clone(),
+                                seq,
+                                frame: frame.clone(),
+                            },
+                        );
                     }
                 }
             }
@@ -190,7 +222,13 @@ impl RoomShard {
         if let Some(first) = self.dedupe.get(&key) {
             // A retry: the same answer as the first time, and no second delivery.
             let ack = reply::ack(&req.cid, &first.room, first.seq, &first.id);
-            out.push(req.reply.core, CoreMsg::Reply { to: req.reply, reply: Reply::Frames(vec![ack]) });
+            out.push(
+                req.reply.core,
+                CoreMsg::Reply {
+                    to: req.reply,
+                    reply: Reply::Frames(vec![ack]),
+                },
+            );
             return;
         }
         let id: Name = format!("{}{:x}", self.id_prefix, self.next_id).into();
@@ -200,7 +238,16 @@ impl RoomShard {
         let state = self.room(&req.room);
         state.seq += 1;
         let seq = state.seq;
-        let frame = Msg { room: &req.room, seq, id: &id, from: &req.from, ts: req.ts, body: &req.body, cid: &req.cid }.frame();
+        let frame = Msg {
+            room: &req.room,
+            seq,
+            id: &id,
+            from: &req.from,
+            ts: req.ts,
+            body: &req.body,
+            cid: &req.cid,
+        }
+        .frame();
         if history_len > 0 {
             if state.recent.len() == history_len {
                 state.recent.pop_front();
@@ -211,19 +258,45 @@ impl RoomShard {
             None => {
                 for core in state.subscribers.iter() {
                     let channel = Channel::Room(req.room.clone());
-                    out.push(core, CoreMsg::Deliver { channel, room: req.room.clone(), seq, frame: frame.clone() });
+                    out.push(
+                        core,
+                        CoreMsg::Deliver {
+                            channel,
+                            room: req.room.clone(),
+                            seq,
+                            frame: frame.clone(),
+                        },
+                    );
                 }
             }
             Some((a, b)) => {
                 for user in [a, b] {
-                    let msg = CoreMsg::ForwardToUser { user: user.clone(), room: req.room.clone(), seq, frame: frame.clone() };
+                    let msg = CoreMsg::ForwardToUser {
+                        user: user.clone(),
+                        room: req.room.clone(),
+                        seq,
+                        frame: frame.clone(),
+                    };
                     out.push(user_owner(user, cores), msg);
                 }
             }
         }
         let ack = reply::ack(&req.cid, &req.room, seq, &id);
-        out.push(req.reply.core, CoreMsg::Reply { to: req.reply, reply: Reply::Frames(vec![ack]) });
-        self.dedupe.insert(key.clone(), Remembered { room: req.room, seq, id });
+        out.push(
+            req.reply.core,
+            CoreMsg::Reply {
+                to: req.reply,
+                reply: Reply::Frames(vec![ack]),
+            },
+        );
+        self.dedupe.insert(
+            key.clone(),
+            Remembered {
+                room: req.room,
+                seq,
+                id,
+            },
+        );
         self.dedupe_order.push_back((req.ts, key));
     }
 
@@ -250,19 +323,32 @@ fn fetch(room: &Name, state: &RoomState, kind: FetchKind) -> Reply {
             // `recent` is ascending and dense: find the end, then step back `limit` messages.
             let end = state.recent.partition_point(|(seq, _)| *seq < before);
             let start = end.saturating_sub(limit as usize);
-            let payloads: Vec<Bytes> = state.recent.range(start..end).map(|(_, f)| payload_of(f)).collect();
+            let payloads: Vec<Bytes> = state
+                .recent
+                .range(start..end)
+                .map(|(_, f)| payload_of(f))
+                .collect();
             Reply::Frames(vec![reply::history(room, payloads.iter().map(|p| &p[..]))])
         }
         FetchKind::Resume { after } => {
             let start = state.recent.partition_point(|(seq, _)| *seq <= after);
-            let messages: Vec<Bytes> = state.recent.range(start..).map(|(_, f)| f.clone()).collect();
+            let messages: Vec<Bytes> = state
+                .recent
+                .range(start..)
+                .map(|(_, f)| f.clone())
+                .collect();
             // Complete when nothing after `after` is missing from what we send.
             let first_sent = messages.first().map(|_| state.recent[start].0);
             let complete = match first_sent {
                 Some(first) => first == after + 1,
                 None => after >= state.seq,
             };
-            Reply::Resumed { room: room.clone(), seq: state.seq, messages, complete }
+            Reply::Resumed {
+                room: room.clone(),
+                seq: state.seq,
+                messages,
+                complete,
+            }
         }
     }
 }
@@ -282,8 +368,16 @@ mod tests {
     impl Harness {
         fn new(history_len: usize) -> Self {
             let boxes: Arc<[Mailbox]> = (0..1).map(|_| Mailbox::default()).collect();
-            let cfg = MemoryConfig { history_len, dedupe_window_ms: 300_000, dedupe_capacity: 1000 };
-            Harness { shard: RoomShard::new(0, 7, cfg), out: Outbox::new(boxes.clone()), boxes }
+            let cfg = MemoryConfig {
+                history_len,
+                dedupe_window_ms: 300_000,
+                dedupe_capacity: 1000,
+            };
+            Harness {
+                shard: RoomShard::new(0, 7, cfg),
+                out: Outbox::new(boxes.clone()),
+                boxes,
+            }
         }
 
         /// Handles `msg` and returns the replies it produced.
@@ -308,7 +402,11 @@ mod tests {
                 body: "b".into(),
                 ts,
                 dm: None,
-                reply: ReplyTo { core: 0, conn: 1, ticket: 1 },
+                reply: ReplyTo {
+                    core: 0,
+                    conn: 1,
+                    ticket: 1,
+                },
             };
             match self.call(CoreMsg::Publish(req)).pop() {
                 Some(Reply::Frames(f)) => serde_json::from_slice(&payload_of(&f[0])).unwrap(),
@@ -317,10 +415,27 @@ mod tests {
         }
 
         fn resume(&mut self, after: u64) -> (u64, usize, bool) {
-            let reply = ReplyTo { core: 0, conn: 1, ticket: 2 };
+            let reply = ReplyTo {
+                core: 0,
+                conn: 1,
+                ticket: 2,
+            };
             let kind = FetchKind::Resume { after };
-            match self.call(CoreMsg::Fetch { room: "r".into(), kind, subscribe: false, reply }).pop() {
-                Some(Reply::Resumed { seq, messages, complete, .. }) => (seq, messages.len(), complete),
+            match self
+                .call(CoreMsg::Fetch {
+                    room: "r".into(),
+                    kind,
+                    subscribe: false,
+                    reply,
+                })
+                .pop()
+            {
+                Some(Reply::Resumed {
+                    seq,
+                    messages,
+                    complete,
+                    ..
+                }) => (seq, messages.len(), complete),
                 other => panic!("{other:?}"),
             }
         }
@@ -342,7 +457,11 @@ mod tests {
     fn dedupe_window_expires() {
         let mut h = Harness::new(10);
         assert_eq!(h.publish("a", 1)["seq"], 1);
-        assert_eq!(h.publish("a", 1 + 300_001)["seq"], 2, "past the window it is a new message");
+        assert_eq!(
+            h.publish("a", 1 + 300_001)["seq"],
+            2,
+            "past the window it is a new message"
+        );
     }
 
     #[test]
@@ -356,6 +475,10 @@ mod tests {
         assert_eq!(h.resume(4), (5, 1, true));
         assert_eq!(h.resume(2), (5, 3, true));
         assert_eq!(h.resume(1), (5, 3, false), "seq 2 was evicted");
-        assert_eq!(h.resume(9), (5, 0, true), "nothing exists after a seq beyond the latest");
+        assert_eq!(
+            h.resume(9),
+            (5, 0, true),
+            "nothing exists after a seq beyond the latest"
+        );
     }
 }

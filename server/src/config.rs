@@ -1,0 +1,97 @@
+//! Command-line flags, each with an environment fallback (`CHAT_*`).
+
+use clap::Parser;
+use std::net::SocketAddr;
+
+/// A thread-per-core WebSocket chat server.
+///
+/// Standalone unless told where Redis, Kafka and PostgreSQL are: then every room lives in this
+/// process, ordered by the core that owns it, and history is kept in memory.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "chat-server", version)]
+pub struct Config {
+    /// Address to listen on. Port 0 picks a free port; the chosen address is printed as
+    /// `listening on http://ADDR` once every core accepts connections.
+    #[arg(long, env = "CHAT_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Event-loop threads, one per core (default: the number of cores).
+    #[arg(long, env = "CHAT_THREADS")]
+    pub threads: Option<usize>,
+
+    /// Largest accepted frame and message, in bytes. A frame over it is closed with 1009; a
+    /// fragmented message over it is answered `too_large`.
+    #[arg(long, env = "CHAT_MAX_FRAME", default_value_t = 64 * 1024)]
+    pub max_frame: usize,
+
+    /// Largest accepted message `body`, in bytes (`too_large` beyond).
+    #[arg(long, env = "CHAT_MAX_BODY", default_value_t = chat_wire::protocol::MAX_BODY)]
+    pub max_body: usize,
+
+    /// Recent messages kept per room for history and resume.
+    #[arg(long, env = "CHAT_HISTORY_LEN", default_value_t = 1000)]
+    pub history_len: usize,
+
+    /// Bytes queued for one slow connection before it is disconnected (close 1008).
+    #[arg(long, env = "CHAT_OUTBOUND_LIMIT", default_value_t = 4 * 1024 * 1024)]
+    pub outbound_limit: usize,
+
+    /// Requests one connection may have in flight before the server stops reading from it.
+    #[arg(long, env = "CHAT_MAX_INFLIGHT", default_value_t = 1024)]
+    pub max_inflight: usize,
+
+    /// Sustained `send`/`dm` rate allowed per connection, messages per second (0 = unlimited).
+    #[arg(long, env = "CHAT_RATE_LIMIT", default_value_t = 1000.0)]
+    pub rate_limit: f64,
+
+    /// Burst allowed above the sustained rate, messages.
+    #[arg(long, env = "CHAT_RATE_BURST", default_value_t = 2000.0)]
+    pub rate_burst: f64,
+
+    /// Seconds of silence before a connection is pinged; silent for twice this, it is closed.
+    #[arg(long, env = "CHAT_IDLE_PING", default_value_t = 30)]
+    pub idle_ping: u64,
+
+    /// Seconds a closing connection gets to finish the close handshake (and a slow consumer to
+    /// read up to its close frame) before it is cut.
+    #[arg(long, env = "CHAT_CLOSE_TIMEOUT", default_value_t = 10.0)]
+    pub close_timeout: f64,
+
+    /// Seconds a `(from, cid)` pair is remembered to answer retries with the first message.
+    #[arg(long, env = "CHAT_DEDUPE_WINDOW", default_value_t = 300)]
+    pub dedupe_window: u64,
+
+    /// Most `(from, cid)` pairs remembered per core (oldest forgotten first beyond it).
+    #[arg(long, env = "CHAT_DEDUPE_CAPACITY", default_value_t = 1_000_000)]
+    pub dedupe_capacity: usize,
+
+    /// Seconds to keep serving after SIGTERM (health turns 503, new sends get `unavailable`)
+    /// before connections are closed with 1001.
+    #[arg(long, env = "CHAT_DRAIN_GRACE", default_value_t = 2.0)]
+    pub drain_grace: f64,
+}
+
+impl Config {
+    /// Checks combinations clap cannot.
+    pub fn validate(&self) -> Result<usize, String> {
+        let threads = self
+            .threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        if threads == 0 || threads > crate::bus::memory::CoreSet::MAX_CORES {
+            return Err(format!(
+                "--threads must be 1-{}",
+                crate::bus::memory::CoreSet::MAX_CORES
+            ));
+        }
+        if self.max_frame < 1024 {
+            return Err("--max-frame must be at least 1024 bytes".into());
+        }
+        if self.idle_ping == 0 {
+            return Err("--idle-ping must be at least 1 second".into());
+        }
+        if self.rate_limit < 0.0 || self.rate_burst < 1.0 {
+            return Err("--rate-limit must be >= 0 and --rate-burst >= 1".into());
+        }
+        Ok(threads)
+    }
+}

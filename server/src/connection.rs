@@ -1,0 +1,471 @@
+//! One client connection: the HTTP request that opens it, then two tasks.
+//!
+//! * The **reader** reads into one `BytesMut`, takes frames off it without copying
+//!   ([`chat_wire::frame::parse_frame`]), reassembles messages, and hands each text message to
+//!   the core. When the connection has too many requests in flight it stops reading (TCP
+//!   pushes back on the client) instead of queueing without bound.
+//! * The **writer** drains the connection's outbound queue ([`ConnIo`]) with vectored writes:
+//!   the queued frames are the shared `Bytes` made once per message, written as they are.
+//!
+//! The outbound queue is bounded in bytes. A client that does not read fills it and is
+//! disconnected with close 1008 (it can come back and `resume`); the others never wait for it.
+//! Every close, by the client or by us, ends the same way: the close frame goes out, the write
+//! side is shut, the reader discards input until the client closes, and a connection that
+//! does not finish closing within [`CLOSE_TIMEOUT`] is cut.
+
+use crate::core::CoreRef;
+use crate::fanout::CoreId;
+use crate::http::{route, Route};
+use crate::metrics::{add, inc};
+use crate::node::Node;
+use bytes::{Bytes, BytesMut};
+use chat_wire::frame::{
+    close_code, encode_close, encode_frame, parse_frame, Message, MessageAssembler, OpCode, Role,
+};
+use chat_wire::handshake::{parse_request, upgrade_response};
+use chat_wire::protocol::{ErrorCode, RequestError};
+use monoio::buf::IoBufMut;
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
+use monoio::net::TcpStream;
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::os::fd::{AsRawFd, RawFd};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
+
+/// Frames handed to one `writev`.
+const WRITE_BATCH: usize = 256;
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Serves one accepted TCP connection to the end.
+pub async fn serve(core: CoreRef, mut stream: TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let node = core.borrow().node.clone();
+    let mut buf = BytesMut::with_capacity(4096);
+    // The request head.
+    let (head_len, upgrade) = loop {
+        match parse_request(&buf) {
+            Ok(Some((req, len))) => break (len, route(&req, &node)),
+            Ok(None) => {}
+            Err(e) => {
+                let body = format!("{e:?}\n");
+                let resp =
+                    chat_wire::handshake::http_response(e.status(), "text/plain", body.as_bytes());
+                let _ = stream.write_all(resp).await;
+                return;
+            }
+        }
+        match read_more(&mut stream, buf).await {
+            (Some(_), b) => buf = b,
+            (None, _) => return,
+        }
+    };
+    let core_id = core.borrow().id;
+    let (accept, user) = match upgrade {
+        Route::Respond(resp) => {
+            inc(&node.metrics.cores[core_id].http_requests);
+            let _ = stream.write_all(resp).await;
+            let _ = stream.shutdown().await;
+            return;
+        }
+        Route::WebSocket { accept, user } => (accept, user),
+    };
+    let mut resp = upgrade_response(&accept);
+    // Which core serves the connection: lets tests and operators see the spread.
+    let at = resp.len() - 2;
+    resp.splice(at..at, format!("X-Chat-Core: {core_id}\r\n").into_bytes());
+    // Registered before the 101 goes out, so that the client's first request finds it.
+    let io = Rc::new(ConnIo::new(stream.as_raw_fd(), node.clone(), core_id));
+    let conn = core.borrow_mut().add_conn(&user, io.clone());
+    if stream.write_all(resp).await.0.is_err() {
+        core.borrow_mut().remove_conn(conn);
+        return;
+    }
+    bytes::Buf::advance(&mut buf, head_len);
+    let (reader, writer) = stream.into_split();
+    monoio::spawn(write_loop(core.clone(), io.clone(), writer));
+    read_loop(&core, conn, &io, reader, buf).await;
+    core.borrow_mut().remove_conn(conn);
+    io.finish();
+}
+
+/// Reads into the spare capacity of `buf`. `None` at end of stream or on error.
+async fn read_more<R: AsyncReadRent>(r: &mut R, mut buf: BytesMut) -> (Option<usize>, BytesMut) {
+    if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+        buf.reserve(READ_CHUNK);
+    }
+    let (len, cap) = (buf.len(), buf.capacity());
+    let (res, slice) = r.read(buf.slice_mut(len..cap)).await;
+    let buf = slice.into_inner();
+    match res {
+        Ok(0) | Err(_) => (None, buf),
+        Ok(n) => (Some(n), buf),
+    }
+}
+
+async fn read_loop(
+    core: &CoreRef,
+    conn: u64,
+    io: &Rc<ConnIo>,
+    mut reader: impl AsyncReadRent,
+    mut buf: BytesMut,
+) {
+    let (max_frame, max_inflight) = {
+        let c = core.borrow();
+        (c.node.config.max_frame, c.node.config.max_inflight)
+    };
+    let mut assembler = MessageAssembler::new(max_frame);
+    loop {
+        // Everything already buffered first: frames that came with the upgrade request too.
+        while !io.is_closing() {
+            let frame = match parse_frame(&mut buf, Role::Server, max_frame) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(e) => {
+                    protocol_close(core, io, e.code, e.reason);
+                    break;
+                }
+            };
+            match assembler.push(frame) {
+                Ok(Some(msg)) => on_message(core, conn, io, msg),
+                Ok(None) => {}
+                Err(e) => protocol_close(core, io, e.code, e.reason),
+            }
+        }
+        if io.is_closing() {
+            buf.clear();
+        }
+        // Back-pressure: stop reading while too many requests are unanswered.
+        poll_fn(|cx| {
+            let c = core.borrow();
+            match c.conns.get(&conn) {
+                Some(state) if state.replies.in_flight() >= max_inflight && !io.is_closing() => {
+                    io.park_reader(cx.waker());
+                    Poll::Pending
+                }
+                _ => Poll::Ready(()),
+            }
+        })
+        .await;
+        let (n, b) = read_more(&mut reader, buf).await;
+        buf = b;
+        match n {
+            Some(n) => {
+                io.touch();
+                add(&core.borrow().counters().bytes_in, n as u64);
+            }
+            None => return,
+        }
+    }
+}
+
+fn on_message(core: &CoreRef, conn: u64, io: &Rc<ConnIo>, msg: Message) {
+    match msg {
+        Message::Text(mut data) => core.borrow_mut().on_text(conn, &mut data),
+        Message::Binary(_) => protocol_close(
+            core,
+            io,
+            close_code::UNSUPPORTED,
+            "binary messages are not part of chat v1",
+        ),
+        Message::Ping(payload) => io.send(encode_frame(OpCode::Pong, &payload)),
+        Message::Pong(_) => {}
+        Message::Close(status) => {
+            // Echo the client's status (RFC 6455 section 5.5.1), then finish closing.
+            let frame = match status {
+                Some((code, _)) => encode_close(code, ""),
+                None => encode_frame(OpCode::Close, &[]),
+            };
+            io.close_with(frame);
+        }
+        Message::TooLarge => {
+            let max = core.borrow().node.config.max_frame;
+            let e = RequestError::new(ErrorCode::TooLarge, format!("message over {max} bytes"));
+            core.borrow_mut().reply_error(conn, e);
+        }
+    }
+}
+
+fn protocol_close(core: &CoreRef, io: &ConnIo, code: u16, reason: &str) {
+    inc(&core.borrow().counters().frames_rejected);
+    io.close(code, reason);
+}
+
+async fn write_loop(core: CoreRef, io: Rc<ConnIo>, mut writer: impl AsyncWriteRent) {
+    while let Some(frames) = poll_fn(|cx| io.poll_batch(cx)).await {
+        let (count, bytes) = (
+            frames.len() as u64,
+            frames.iter().map(|f| f.len() as u64).sum::<u64>(),
+        );
+        if write_batch(&mut writer, FrameBatch::new(frames))
+            .await
+            .is_err()
+        {
+            io.mark_dead();
+            break;
+        }
+        let c = core.borrow();
+        add(&c.counters().frames_out, count);
+        add(&c.counters().bytes_out, bytes);
+    }
+    let _ = writer.shutdown().await;
+}
+
+/// Writes a whole batch, resuming after partial writes.
+///
+/// Not `write_vectored_all`: in monoio 0.2.4 it does not advance the iovec after a partial
+/// write (`vec_wrapper.rs` drops the moved pointer), which resends bytes and then panics.
+async fn write_batch(
+    writer: &mut impl AsyncWriteRent,
+    mut batch: FrameBatch,
+) -> std::io::Result<()> {
+    while !batch.is_done() {
+        let (res, b) = writer.writev(batch).await;
+        batch = b;
+        match res {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => batch.advance(n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Frames for one `writev`, each written from its own shared buffer.
+struct FrameBatch {
+    frames: Vec<Bytes>,
+    iovecs: Vec<libc::iovec>,
+    /// The first iovec not completely written.
+    first: usize,
+}
+
+impl FrameBatch {
+    fn new(frames: Vec<Bytes>) -> Self {
+        let iovecs = frames
+            .iter()
+            .map(|f| libc::iovec {
+                iov_base: f.as_ptr() as *mut libc::c_void,
+                iov_len: f.len(),
+            })
+            .collect();
+        FrameBatch {
+            frames,
+            iovecs,
+            first: 0,
+        }
+    }
+
+    fn is_done(&self) -> bool {
+        self.first == self.iovecs.len()
+    }
+
+    /// Skips `n` written bytes.
+    fn advance(&mut self, mut n: usize) {
+        while n > 0 {
+            let iov = &mut self.iovecs[self.first];
+            if n >= iov.iov_len {
+                n -= iov.iov_len;
+                self.first += 1;
+            } else {
+                // SAFETY: `n < iov_len`, so the pointer stays inside the frame's buffer.
+                iov.iov_base = unsafe { (iov.iov_base as *mut u8).add(n) } as *mut libc::c_void;
+                iov.iov_len -= n;
+                n = 0;
+            }
+        }
+    }
+}
+
+// SAFETY: the iovecs point into `frames`, whose heap buffers never move or change while the
+// batch lives; only the iovecs' own offsets are adjusted, between writes.
+unsafe impl monoio::buf::IoVecBuf for FrameBatch {
+    fn read_iovec_ptr(&self) -> *const libc::iovec {
+        debug_assert_eq!(self.frames.len(), self.iovecs.len());
+        self.iovecs[self.first..].as_ptr()
+    }
+    fn read_iovec_len(&self) -> usize {
+        self.iovecs.len() - self.first
+    }
+}
+
+/// A connection's outbound side, shared by its reader, its writer and the core.
+pub struct ConnIo {
+    fd: RawFd,
+    limit: usize,
+    close_timeout: Duration,
+    node: Arc<Node>,
+    core: CoreId,
+    state: RefCell<OutState>,
+}
+
+struct OutState {
+    queue: VecDeque<Bytes>,
+    queued_bytes: usize,
+    writer: Option<Waker>,
+    reader: Option<Waker>,
+    /// When we started closing: the close frame is queued and nothing else will be.
+    closing_since: Option<Instant>,
+    /// The connection is gone: drop whatever is queued.
+    dead: bool,
+    /// The reader is still running, so `fd` is still ours.
+    open: bool,
+    last_heard: Instant,
+    pinged: bool,
+}
+
+impl ConnIo {
+    fn new(fd: RawFd, node: Arc<Node>, core: CoreId) -> Self {
+        ConnIo {
+            fd,
+            limit: node.config.outbound_limit,
+            close_timeout: Duration::from_secs_f64(node.config.close_timeout),
+            node,
+            core,
+            state: RefCell::new(OutState {
+                queue: VecDeque::new(),
+                queued_bytes: 0,
+                writer: None,
+                reader: None,
+                closing_since: None,
+                dead: false,
+                open: true,
+                last_heard: Instant::now(),
+                pinged: false,
+            }),
+        }
+    }
+
+    /// Queues a frame. A connection over its outbound limit is closed with 1008 instead.
+    pub fn send(&self, frame: Bytes) {
+        let mut st = self.state.borrow_mut();
+        if st.closing_since.is_some() || st.dead {
+            return;
+        }
+        if st.queued_bytes + frame.len() > self.limit {
+            st.queue.clear();
+            st.queued_bytes = 0;
+            drop(st);
+            inc(&self.node.metrics.cores[self.core].slow_consumers);
+            self.close(
+                close_code::POLICY,
+                "slow consumer: outbound queue full, reconnect and resume",
+            );
+            return;
+        }
+        st.queued_bytes += frame.len();
+        st.queue.push_back(frame);
+        if let Some(w) = st.writer.take() {
+            w.wake();
+        }
+    }
+
+    /// Starts closing with a status code: the frames already queued go first.
+    pub fn close(&self, code: u16, reason: &str) {
+        self.close_with(encode_close(code, reason));
+    }
+
+    fn close_with(&self, frame: Bytes) {
+        let mut st = self.state.borrow_mut();
+        if st.closing_since.is_some() || st.dead {
+            return;
+        }
+        st.queued_bytes += frame.len();
+        st.queue.push_back(frame);
+        st.closing_since = Some(Instant::now());
+        if let Some(w) = st.writer.take() {
+            w.wake();
+        }
+        if let Some(w) = st.reader.take() {
+            w.wake();
+        }
+    }
+
+    pub fn is_closing(&self) -> bool {
+        self.state.borrow().closing_since.is_some()
+    }
+
+    fn touch(&self) {
+        let mut st = self.state.borrow_mut();
+        st.last_heard = Instant::now();
+        st.pinged = false;
+    }
+
+    fn park_reader(&self, waker: &Waker) {
+        self.state.borrow_mut().reader = Some(waker.clone());
+    }
+
+    pub fn wake_reader(&self) {
+        if let Some(w) = self.state.borrow_mut().reader.take() {
+            w.wake();
+        }
+    }
+
+    fn mark_dead(&self) {
+        let mut st = self.state.borrow_mut();
+        st.dead = true;
+        st.queue.clear();
+        st.queued_bytes = 0;
+    }
+
+    /// The reader has ended: let the writer finish and forget the descriptor.
+    fn finish(&self) {
+        let mut st = self.state.borrow_mut();
+        st.open = false;
+        st.dead = true;
+        st.queue.clear();
+        if let Some(w) = st.writer.take() {
+            w.wake();
+        }
+    }
+
+    fn poll_batch(&self, cx: &mut std::task::Context<'_>) -> Poll<Option<Vec<Bytes>>> {
+        let mut st = self.state.borrow_mut();
+        if st.dead {
+            return Poll::Ready(None);
+        }
+        if st.queue.is_empty() {
+            if st.closing_since.is_some() {
+                return Poll::Ready(None);
+            }
+            st.writer = Some(cx.waker().clone());
+            return Poll::Pending;
+        }
+        let n = st.queue.len().min(WRITE_BATCH);
+        let frames: Vec<Bytes> = st.queue.drain(..n).collect();
+        st.queued_bytes -= frames.iter().map(Bytes::len).sum::<usize>();
+        Poll::Ready(Some(frames))
+    }
+
+    /// Called once a second: ping a quiet client, close a silent one, cut a stuck close.
+    pub fn housekeeping(&self, now: Instant, ping_after: Duration) {
+        let (closing, quiet, pinged, open) = {
+            let st = self.state.borrow();
+            (
+                st.closing_since,
+                now.saturating_duration_since(st.last_heard),
+                st.pinged,
+                st.open,
+            )
+        };
+        if !open {
+            return;
+        }
+        if let Some(since) = closing {
+            if now.saturating_duration_since(since) > self.close_timeout {
+                // SAFETY: `open` means the reader still owns the descriptor.
+                unsafe { libc::shutdown(self.fd, libc::SHUT_RDWR) };
+            }
+            return;
+        }
+        if quiet >= ping_after * 2 {
+            self.close(close_code::GOING_AWAY, "idle timeout");
+        } else if quiet >= ping_after && !pinged {
+            self.state.borrow_mut().pinged = true;
+            self.send(encode_frame(OpCode::Ping, b"idle"));
+        }
+    }
+}

@@ -1,0 +1,613 @@
+//! One core: its listener, its connections, the local members of each room, and the rooms it
+//! owns. Nothing here is shared with another thread; other cores are reached only through
+//! [`crate::fanout`].
+//!
+//! Two kinds of state live side by side:
+//! * as a **host of connections**: which local connections are members of which room, each
+//!   member's position in the room's stream, and each connection's queue of replies;
+//! * as an **owner** of some rooms ([`RoomShard`]): seq, recent messages, `cid` retries and which
+//!   cores subscribe.
+//!
+//! Replies leave in request order: every request takes a ticket in its connection's
+//! [`ReplyQueue`], and a reply that arrives early waits for those before it. A member that joins
+//! or resumes buffers the room's live messages until its `joined`/`resumed` reply has gone out,
+//! then sends only those after the seq that reply named: no gap, no duplicate, and never a
+//! message before the reply that introduces it.
+
+use crate::bus::memory::{MemoryConfig, RoomShard};
+use crate::connection::{self, ConnIo};
+use crate::fanout::{
+    owner_of, user_owner, Channel, ConnId, CoreId, CoreMsg, Name, Outbox, Reply, ReplyTo,
+};
+use crate::metrics::{inc, CoreCounters};
+use crate::node::Node;
+use crate::ops;
+use ahash::AHashMap;
+use bytes::Bytes;
+use chat_wire::protocol::{reply, Decoder, RequestError};
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::rc::Rc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub type CoreRef = Rc<RefCell<Core>>;
+
+/// Starts the core's runtime on the current thread and runs it until shutdown.
+pub fn run(
+    id: CoreId,
+    node: Arc<Node>,
+    listener: std::net::TcpListener,
+    ready: std::sync::mpsc::Sender<()>,
+) {
+    let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+        .enable_timer()
+        .with_entries(4096)
+        .build()
+        .expect("build monoio runtime");
+    let driver = match &rt {
+        monoio::FusionRuntime::Uring(_) => "io_uring",
+        monoio::FusionRuntime::Legacy(_) => "epoll",
+    };
+    tracing::info!(core = id, driver, "core started");
+    rt.block_on(serve(id, node, listener, ready));
+}
+
+async fn serve(
+    id: CoreId,
+    node: Arc<Node>,
+    listener: std::net::TcpListener,
+    ready: std::sync::mpsc::Sender<()>,
+) {
+    let listener = monoio::net::TcpListener::from_std(listener).expect("register listener");
+    let out = Rc::new(Outbox::new(node.mailboxes.clone()));
+    let core: CoreRef = Rc::new(RefCell::new(Core::new(id, node.clone(), out.clone())));
+    monoio::spawn({
+        let out = out.clone();
+        async move { out.run_flusher().await }
+    });
+    let (stop_tx, stop_rx) = local_sync::oneshot::channel::<()>();
+    monoio::spawn(mail_loop(core.clone(), stop_tx));
+    monoio::spawn(housekeeping(core.clone()));
+    let _ = ready.send(());
+
+    let mut stop = std::pin::pin!(stop_rx);
+    loop {
+        monoio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => {
+                    monoio::spawn(connection::serve(core.clone(), stream));
+                }
+                Err(e) => {
+                    tracing::warn!(core = id, error = %e, "accept failed");
+                    monoio::time::sleep(Duration::from_millis(10)).await;
+                }
+            },
+            _ = &mut stop => break,
+        }
+    }
+    drop(listener);
+    // Connections were asked to close with 1001; give them a moment to say goodbye.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while !core.borrow().conns.is_empty() && Instant::now() < deadline {
+        monoio::time::sleep(Duration::from_millis(20)).await;
+    }
+    out.flush();
+}
+
+async fn mail_loop(core: CoreRef, stop: local_sync::oneshot::Sender<()>) {
+    let node = core.borrow().node.clone();
+    let id = core.borrow().id;
+    let mut stop = Some(stop);
+    loop {
+        let batch = node.mailboxes[id].recv().await;
+        let mut c = core.borrow_mut();
+        inc(&c.counters().mail_batches);
+        crate::metrics::add(&c.counters().mail_messages, batch.len() as u64);
+        for msg in batch {
+            if let CoreMsg::Shutdown = msg {
+                c.close_all(
+                    chat_wire::frame::close_code::GOING_AWAY,
+                    "server shutting down",
+                );
+                if let Some(s) = stop.take() {
+                    let _ = s.send(());
+                }
+                continue;
+            }
+            c.handle_mail(msg);
+        }
+    }
+}
+
+/// Once a second: ping quiet connections, close silent ones, and cut connections whose close
+/// handshake has taken too long.
+async fn housekeeping(core: CoreRef) {
+    let ping_after = Duration::from_secs(core.borrow().node.config.idle_ping);
+    let mut tick = monoio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let now = Instant::now();
+        let c = core.borrow();
+        for conn in c.conns.values() {
+            conn.io.housekeeping(now, ping_after);
+        }
+    }
+}
+
+/// A local connection of this core.
+pub struct Conn {
+    pub user: Name,
+    pub io: Rc<ConnIo>,
+    /// Rooms joined (or being joined), with the member's key in the room.
+    pub rooms: AHashMap<Name, usize>,
+    /// Direct-message rooms this connection resumed: their position, to drop what resume sent.
+    pub dm_positions: AHashMap<Name, Member>,
+    pub replies: ReplyQueue,
+    pub rate: TokenBucket,
+}
+
+/// A connection's place in one room's stream.
+pub struct Member {
+    pub io: Rc<ConnIo>,
+    /// The request (ticket) whose reply makes this member live.
+    pub ticket: u64,
+    pub state: MemberState,
+}
+
+pub enum MemberState {
+    /// Waiting for the `joined`/`resumed` reply to go out; live messages are held meanwhile.
+    Waiting(Vec<(u64, Bytes)>),
+    /// Sent everything up to this seq.
+    Live(u64),
+}
+
+impl Member {
+    /// Offers one live message; returns whether it was sent now.
+    fn offer(&mut self, seq: u64, frame: &Bytes) -> bool {
+        match &mut self.state {
+            MemberState::Waiting(held) => {
+                held.push((seq, frame.clone()));
+                false
+            }
+            MemberState::Live(last) => {
+                if seq <= *last {
+                    return false;
+                }
+                *last = seq;
+                self.io.send(frame.clone());
+                true
+            }
+        }
+    }
+
+    /// The reply naming `seq` went out: send what was held after it, and go live.
+    fn go_live(&mut self, seq: u64) -> u64 {
+        let mut sent = 0;
+        let mut last = seq;
+        if let MemberState::Waiting(held) =
+            std::mem::replace(&mut self.state, MemberState::Live(seq))
+        {
+            for (s, frame) in held {
+                if s > last {
+                    last = s;
+                    self.io.send(frame);
+                    sent += 1;
+                }
+            }
+        }
+        self.state = MemberState::Live(last);
+        sent
+    }
+}
+
+/// Members of one room on this core.
+#[derive(Default)]
+pub struct LocalRoom {
+    pub members: slab::Slab<Member>,
+}
+
+/// Replies of one connection, released in request order.
+#[derive(Default)]
+pub struct ReplyQueue {
+    next_ticket: u64,
+    /// `(ticket, reply once known)`, ascending by ticket.
+    slots: VecDeque<(u64, Option<Ready>)>,
+}
+
+/// A reply ready to go out.
+pub enum Ready {
+    Frames(Vec<Bytes>),
+    /// Frames that make a member live at `seq` once sent (`joined`, `resume`).
+    Start {
+        room: Name,
+        seq: u64,
+        frames: Vec<Bytes>,
+    },
+}
+
+impl ReplyQueue {
+    pub fn reserve(&mut self) -> u64 {
+        let t = self.next_ticket;
+        self.next_ticket += 1;
+        self.slots.push_back((t, None));
+        t
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.slots.len()
+    }
+
+    fn fill(&mut self, ticket: u64, ready: Ready) {
+        let Some(front) = self.slots.front().map(|s| s.0) else {
+            return;
+        };
+        if let Some(slot) = ticket
+            .checked_sub(front)
+            .and_then(|i| self.slots.get_mut(i as usize))
+        {
+            debug_assert_eq!(slot.0, ticket);
+            slot.1 = Some(ready);
+        }
+    }
+
+    fn pop_ready(&mut self) -> Option<(u64, Ready)> {
+        if matches!(self.slots.front(), Some((_, Some(_)))) {
+            let (t, r) = self.slots.pop_front().unwrap();
+            return Some((t, r.unwrap()));
+        }
+        None
+    }
+}
+
+/// The per-connection `send`/`dm` rate limit.
+pub struct TokenBucket {
+    tokens: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    pub fn new(burst: f64) -> Self {
+        TokenBucket {
+            tokens: burst,
+            last: Instant::now(),
+        }
+    }
+
+    /// Takes one token; false when the connection is over its rate.
+    pub fn take(&mut self, rate: f64, burst: f64, now: Instant) -> bool {
+        if rate <= 0.0 {
+            return true;
+        }
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * rate).min(burst);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+pub struct Core {
+    pub id: CoreId,
+    pub node: Arc<Node>,
+    pub out: Rc<Outbox>,
+    pub shard: RoomShard,
+    pub conns: AHashMap<ConnId, Conn>,
+    pub rooms: AHashMap<Name, LocalRoom>,
+    /// Local connections of each user (for direct messages).
+    pub users: AHashMap<Name, Vec<ConnId>>,
+    pub decoder: Decoder,
+    next_conn: ConnId,
+}
+
+impl Core {
+    fn new(id: CoreId, node: Arc<Node>, out: Rc<Outbox>) -> Self {
+        let cfg = &node.config;
+        let mem = MemoryConfig {
+            history_len: cfg.history_len,
+            dedupe_window_ms: cfg.dedupe_window * 1000,
+            dedupe_capacity: cfg.dedupe_capacity,
+        };
+        Core {
+            id,
+            shard: RoomShard::new(id, node.node_id, mem),
+            decoder: Decoder::new(cfg.max_body),
+            node,
+            out,
+            conns: AHashMap::new(),
+            rooms: AHashMap::new(),
+            users: AHashMap::new(),
+            next_conn: 1,
+        }
+    }
+
+    pub fn counters(&self) -> &CoreCounters {
+        &self.node.metrics.cores[self.id]
+    }
+
+    pub fn cores(&self) -> usize {
+        self.node.threads
+    }
+
+    pub fn owner(&self, room: &str) -> CoreId {
+        owner_of(room, self.cores())
+    }
+
+    /// Registers a new WebSocket connection of `user`.
+    pub fn add_conn(&mut self, user: &str, io: Rc<ConnIo>) -> ConnId {
+        let id = self.next_conn;
+        self.next_conn += 1;
+        let user: Name = user.into();
+        let cores = self.cores();
+        let local = self.users.entry(user.clone()).or_default();
+        if local.is_empty() {
+            let msg = CoreMsg::Subscribe {
+                channel: Channel::User(user.clone()),
+                core: self.id,
+            };
+            self.out.push(user_owner(&user, cores), msg);
+        }
+        local.push(id);
+        let burst = self.node.config.rate_burst;
+        self.conns.insert(
+            id,
+            Conn {
+                user,
+                io,
+                rooms: AHashMap::new(),
+                dm_positions: AHashMap::new(),
+                replies: ReplyQueue::default(),
+                rate: TokenBucket::new(burst),
+            },
+        );
+        inc(&self.counters().connections_total);
+        self.counters().connections.fetch_add(1, Relaxed);
+        id
+    }
+
+    /// Forgets a connection that has gone: leaves its rooms, and unsubscribes what no local
+    /// connection needs any more.
+    pub fn remove_conn(&mut self, id: ConnId) {
+        let Some(conn) = self.conns.remove(&id) else {
+            return;
+        };
+        for (room, key) in conn.rooms {
+            self.remove_member(&room, key);
+        }
+        if let Some(local) = self.users.get_mut(&conn.user) {
+            local.retain(|c| *c != id);
+            if local.is_empty() {
+                self.users.remove(&conn.user);
+                let msg = CoreMsg::Unsubscribe {
+                    channel: Channel::User(conn.user.clone()),
+                    core: self.id,
+                };
+                self.out.push(user_owner(&conn.user, self.cores()), msg);
+            }
+        }
+        self.counters().connections.fetch_sub(1, Relaxed);
+    }
+
+    /// Removes one member; unsubscribes the core from the room when it was the last.
+    pub fn remove_member(&mut self, room: &Name, key: usize) {
+        let Some(local) = self.rooms.get_mut(room) else {
+            return;
+        };
+        if local.members.contains(key) {
+            local.members.remove(key);
+        }
+        if local.members.is_empty() {
+            self.rooms.remove(room);
+            let msg = CoreMsg::Unsubscribe {
+                channel: Channel::Room(room.clone()),
+                core: self.id,
+            };
+            self.out.push(self.owner(room), msg);
+        }
+    }
+
+    /// Adds `conn` as a waiting member of `room`. Returns whether this core must subscribe.
+    pub fn add_member(&mut self, room: &Name, conn: ConnId, ticket: u64) -> bool {
+        let io = self.conns[&conn].io.clone();
+        let local = self.rooms.entry(room.clone()).or_default();
+        let subscribe = local.members.is_empty();
+        let key = local.members.insert(Member {
+            io,
+            ticket,
+            state: MemberState::Waiting(Vec::new()),
+        });
+        self.conns
+            .get_mut(&conn)
+            .unwrap()
+            .rooms
+            .insert(room.clone(), key);
+        subscribe
+    }
+
+    /// Takes the next reply ticket of `conn`: where the owner's answer must go.
+    pub fn ticket(&mut self, conn: ConnId) -> ReplyTo {
+        let ticket = self
+            .conns
+            .get_mut(&conn)
+            .expect("live connection")
+            .replies
+            .reserve();
+        ReplyTo {
+            core: self.id,
+            conn,
+            ticket,
+        }
+    }
+
+    /// Sends a request to the core that owns `room`.
+    pub fn ask_owner(&self, room: &str, msg: CoreMsg) {
+        self.out.push(self.owner(room), msg);
+    }
+
+    /// Decodes and serves one text message of `conn`.
+    pub fn on_text(&mut self, conn: ConnId, data: &mut [u8]) {
+        inc(&self.counters().requests);
+        match self.decoder.decode(data) {
+            Ok(op) => {
+                // The op borrows `data`, not the decoder; reborrow the core freely.
+                if let Err(e) = ops::apply(self, conn, op) {
+                    self.reply_error(conn, e);
+                }
+            }
+            Err(e) => self.reply_error(conn, e),
+        }
+    }
+
+    /// Answers `conn` with an error, in request order.
+    pub fn reply_error(&mut self, conn: ConnId, e: RequestError) {
+        inc(&self.counters().errors);
+        self.reply_now(conn, Ready::Frames(vec![reply::error(&e)]));
+    }
+
+    /// A reply known at once: goes out now, or after the replies still pending before it.
+    pub fn reply_now(&mut self, conn: ConnId, ready: Ready) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        let ticket = c.replies.reserve();
+        c.replies.fill(ticket, ready);
+        self.release_replies(conn);
+    }
+
+    /// Handles one message from another core (or from this one).
+    pub fn handle_mail(&mut self, msg: CoreMsg) {
+        match msg {
+            CoreMsg::Deliver {
+                channel,
+                room,
+                seq,
+                frame,
+            } => self.deliver(channel, &room, seq, &frame),
+            CoreMsg::Reply { to, reply } => self.on_reply(to, reply),
+            other => {
+                let before = self.shard.rooms();
+                let published = matches!(other, CoreMsg::Publish(_));
+                if let Err(unexpected) = self.shard.handle(other, &self.out) {
+                    tracing::error!(?unexpected, "misrouted core message");
+                }
+                if published {
+                    inc(&self.counters().messages_published);
+                }
+                if self.shard.rooms() != before {
+                    self.counters()
+                        .rooms
+                        .store(self.shard.rooms() as u64, Relaxed);
+                }
+            }
+        }
+    }
+
+    fn deliver(&mut self, channel: Channel, room: &Name, seq: u64, frame: &Bytes) {
+        let mut delivered = 0;
+        match channel {
+            Channel::Room(_) => {
+                if let Some(local) = self.rooms.get_mut(room) {
+                    for (_, m) in local.members.iter_mut() {
+                        delivered += m.offer(seq, frame) as u64;
+                    }
+                }
+            }
+            Channel::User(user) => {
+                if let Some(local) = self.users.get(&user) {
+                    for id in local {
+                        let Some(conn) = self.conns.get_mut(id) else {
+                            continue;
+                        };
+                        match conn.dm_positions.get_mut(room) {
+                            Some(m) => delivered += m.offer(seq, frame) as u64,
+                            None => {
+                                conn.io.send(frame.clone());
+                                delivered += 1;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        crate::metrics::add(&self.counters().messages_delivered, delivered);
+    }
+
+    fn on_reply(&mut self, to: ReplyTo, reply: Reply) {
+        let ready = match reply {
+            Reply::Frames(frames) => Ready::Frames(frames),
+            Reply::Joined { room, seq } => {
+                let frames = vec![reply::joined(&room, seq)];
+                Ready::Start { room, seq, frames }
+            }
+            Reply::Resumed {
+                room,
+                seq,
+                mut messages,
+                complete,
+            } => {
+                messages.push(reply::resumed(&room, seq, complete));
+                Ready::Start {
+                    room,
+                    seq,
+                    frames: messages,
+                }
+            }
+        };
+        let Some(conn) = self.conns.get_mut(&to.conn) else {
+            return;
+        };
+        conn.replies.fill(to.ticket, ready);
+        self.release_replies(to.conn);
+    }
+
+    /// Sends every reply of `conn` whose turn has come.
+    fn release_replies(&mut self, conn_id: ConnId) {
+        let max_inflight = self.node.config.max_inflight;
+        let Some(conn) = self.conns.get_mut(&conn_id) else {
+            return;
+        };
+        let mut delivered = 0;
+        while let Some((ticket, ready)) = conn.replies.pop_ready() {
+            match ready {
+                Ready::Frames(frames) => frames.into_iter().for_each(|f| conn.io.send(f)),
+                Ready::Start { room, seq, frames } => {
+                    frames.into_iter().for_each(|f| conn.io.send(f));
+                    // Go live: the member this request created (a room) or the DM position.
+                    if let Some(m) = conn
+                        .dm_positions
+                        .get_mut(&room)
+                        .filter(|m| m.ticket == ticket)
+                    {
+                        delivered += m.go_live(seq);
+                    } else if let Some(&key) = conn.rooms.get(&room) {
+                        if let Some(m) = self
+                            .rooms
+                            .get_mut(&room)
+                            .and_then(|r| r.members.get_mut(key))
+                        {
+                            if m.ticket == ticket {
+                                delivered += m.go_live(seq);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if conn.replies.in_flight() < max_inflight {
+            conn.io.wake_reader();
+        }
+        crate::metrics::add(&self.counters().messages_delivered, delivered);
+    }
+
+    /// Closes every connection (drain, shutdown).
+    pub fn close_all(&mut self, code: u16, reason: &str) {
+        for conn in self.conns.values() {
+            conn.io.close(code, reason);
+        }
+    }
+}

@@ -1,0 +1,70 @@
+//! Plain HTTP on the server port: the chat page, health and metrics. Every connection starts
+//! here; `GET /ws` with upgrade headers leaves as a WebSocket.
+
+use crate::node::Node;
+use chat_wire::handshake::{http_response, Request};
+use chat_wire::protocol::validate_user;
+
+/// The chat page, built into the binary.
+const INDEX_HTML: &str = include_str!("../assets/index.html");
+
+/// What to do with a request head.
+pub enum Route {
+    /// Write this response and close.
+    Respond(Vec<u8>),
+    /// Upgrade: the `Sec-WebSocket-Accept` value and the user.
+    WebSocket { accept: String, user: String },
+}
+
+pub fn route(req: &Request<'_>, node: &Node) -> Route {
+    if req.path == "/ws" {
+        return websocket(req, node);
+    }
+    if req.method != "GET" && req.method != "HEAD" {
+        return text(405, "only GET is served here\n");
+    }
+    match req.path {
+        "/" | "/index.html" => Route::Respond(http_response(
+            200,
+            "text/html; charset=utf-8",
+            INDEX_HTML.as_bytes(),
+        )),
+        "/healthz" if node.draining() => text(503, "draining\n"),
+        "/healthz" => text(200, "ok\n"),
+        "/metrics" => Route::Respond(http_response(
+            200,
+            "text/plain; version=0.0.4; charset=utf-8",
+            node.metrics.render(node.draining()).as_bytes(),
+        )),
+        _ => text(404, "not found\n"),
+    }
+}
+
+fn websocket(req: &Request<'_>, node: &Node) -> Route {
+    if !req.wants_websocket() {
+        return text(426, "this endpoint speaks WebSocket only\n");
+    }
+    let accept = match req.websocket_accept() {
+        Ok(a) => a,
+        Err(why) => return text(400, &format!("{why}\n")),
+    };
+    let user = match req.query_param("user") {
+        Some(u) => u.into_owned(),
+        None => return text(400, "missing ?user=<id>\n"),
+    };
+    if let Err(why) = validate_user(&user) {
+        return text(400, &format!("{why}\n"));
+    }
+    if node.draining() {
+        return text(503, "draining: connect to another node\n");
+    }
+    Route::WebSocket { accept, user }
+}
+
+fn text(status: u16, body: &str) -> Route {
+    Route::Respond(http_response(
+        status,
+        "text/plain; charset=utf-8",
+        body.as_bytes(),
+    ))
+}

@@ -1,0 +1,232 @@
+//! Counters for `/metrics`, in the Prometheus text format.
+//!
+//! Each core writes only its own [`CoreCounters`] (cache-line aligned, relaxed atomics), so
+//! counting never contends; a scrape reads them all and adds the standard process metrics from
+//! `/proc/self`.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// One core's counters. Gauges go up and down; the rest only go up.
+#[derive(Default)]
+#[repr(align(128))]
+pub struct CoreCounters {
+    /// Open WebSocket connections (gauge).
+    pub connections: AtomicU64,
+    pub connections_total: AtomicU64,
+    pub http_requests: AtomicU64,
+    /// Client requests decoded (any type).
+    pub requests: AtomicU64,
+    /// Messages this core ordered as a room owner (`seq` assigned).
+    pub messages_published: AtomicU64,
+    /// `msg` frames queued to this core's connections.
+    pub messages_delivered: AtomicU64,
+    /// Frames written to sockets, and their bytes.
+    pub frames_out: AtomicU64,
+    pub bytes_out: AtomicU64,
+    pub bytes_in: AtomicU64,
+    /// Requests answered with `error`.
+    pub errors: AtomicU64,
+    /// Connections closed for breaking RFC 6455 (1002/1003/1007/1009).
+    pub frames_rejected: AtomicU64,
+    /// Connections closed because their outbound queue overflowed.
+    pub slow_consumers: AtomicU64,
+    /// Cross-core batches received, and the messages in them.
+    pub mail_batches: AtomicU64,
+    pub mail_messages: AtomicU64,
+    /// Rooms owned by this core (gauge).
+    pub rooms: AtomicU64,
+}
+
+pub fn inc(c: &AtomicU64) {
+    c.fetch_add(1, Relaxed);
+}
+
+pub fn add(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Relaxed);
+}
+
+/// All cores' counters.
+pub struct Metrics {
+    pub cores: Box<[CoreCounters]>,
+}
+
+impl Metrics {
+    pub fn new(cores: usize) -> Self {
+        Metrics {
+            cores: (0..cores).map(|_| CoreCounters::default()).collect(),
+        }
+    }
+
+    /// The whole `/metrics` page.
+    pub fn render(&self, draining: bool) -> String {
+        let mut out = String::with_capacity(4096);
+        type Field = fn(&CoreCounters) -> &AtomicU64;
+        let series: [(&str, &str, &str, Field); 15] = [
+            (
+                "chat_connections",
+                "gauge",
+                "Open WebSocket connections.",
+                |c| &c.connections,
+            ),
+            (
+                "chat_connections_total",
+                "counter",
+                "WebSocket connections accepted.",
+                |c| &c.connections_total,
+            ),
+            (
+                "chat_http_requests_total",
+                "counter",
+                "Plain HTTP requests served.",
+                |c| &c.http_requests,
+            ),
+            (
+                "chat_requests_total",
+                "counter",
+                "Client requests received (messages in).",
+                |c| &c.requests,
+            ),
+            (
+                "chat_messages_published_total",
+                "counter",
+                "Messages ordered (seq assigned) by this core.",
+                |c| &c.messages_published,
+            ),
+            (
+                "chat_messages_delivered_total",
+                "counter",
+                "msg frames queued to connections (messages out).",
+                |c| &c.messages_delivered,
+            ),
+            (
+                "chat_frames_out_total",
+                "counter",
+                "Frames written to sockets.",
+                |c| &c.frames_out,
+            ),
+            (
+                "chat_bytes_out_total",
+                "counter",
+                "Bytes written to sockets.",
+                |c| &c.bytes_out,
+            ),
+            (
+                "chat_bytes_in_total",
+                "counter",
+                "Bytes read from sockets.",
+                |c| &c.bytes_in,
+            ),
+            (
+                "chat_errors_total",
+                "counter",
+                "Requests answered with an error.",
+                |c| &c.errors,
+            ),
+            (
+                "chat_frames_rejected_total",
+                "counter",
+                "Connections closed for protocol violations.",
+                |c| &c.frames_rejected,
+            ),
+            (
+                "chat_slow_consumer_disconnects_total",
+                "counter",
+                "Connections closed because their outbound queue overflowed.",
+                |c| &c.slow_consumers,
+            ),
+            (
+                "chat_core_mail_batches_total",
+                "counter",
+                "Cross-core batches received.",
+                |c| &c.mail_batches,
+            ),
+            (
+                "chat_core_mail_messages_total",
+                "counter",
+                "Cross-core messages received.",
+                |c| &c.mail_messages,
+            ),
+            ("chat_rooms", "gauge", "Rooms owned by this core.", |c| {
+                &c.rooms
+            }),
+        ];
+        for (name, kind, help, field) in series {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (i, c) in self.cores.iter().enumerate() {
+                let _ = writeln!(out, "{name}{{core=\"{i}\"}} {}", field(c).load(Relaxed));
+            }
+        }
+        let _ = writeln!(out, "# HELP chat_draining 1 while the server drains after SIGTERM.\n# TYPE chat_draining gauge\nchat_draining {}", draining as u8);
+        let p = process_stats();
+        let _ = writeln!(out, "# HELP process_cpu_seconds_total Total user and system CPU time spent in seconds.\n# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total {}", p.cpu_seconds);
+        let _ = writeln!(out, "# HELP process_resident_memory_bytes Resident memory size in bytes.\n# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes {}", p.rss_bytes);
+        let _ = writeln!(out, "# HELP process_start_time_seconds Start time of the process since unix epoch in seconds.\n# TYPE process_start_time_seconds gauge\nprocess_start_time_seconds {}", p.start_time_seconds);
+        let _ = writeln!(out, "# HELP process_threads Number of OS threads in the process.\n# TYPE process_threads gauge\nprocess_threads {}", p.threads);
+        out
+    }
+}
+
+#[derive(Default)]
+struct ProcessStats {
+    cpu_seconds: f64,
+    rss_bytes: u64,
+    start_time_seconds: f64,
+    threads: u64,
+}
+
+/// Reads `/proc/self/stat` (fields after the command name, which may contain spaces).
+fn process_stats() -> ProcessStats {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return ProcessStats::default();
+    };
+    let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
+        return ProcessStats::default();
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // `rest` starts at field 3 (state), so field N of proc(5) is f[N - 3].
+    let num = |n: usize| {
+        f.get(n - 3)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as u64;
+    let boot_time = std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("btime ")
+                    .and_then(|v| v.trim().parse::<f64>().ok())
+            })
+        })
+        .unwrap_or(0.0);
+    ProcessStats {
+        cpu_seconds: (num(14) + num(15)) as f64 / ticks,
+        rss_bytes: num(24) * page,
+        start_time_seconds: boot_time + num(22) as f64 / ticks,
+        threads: num(20),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_per_core_series_and_process_metrics() {
+        let m = Metrics::new(2);
+        inc(&m.cores[1].requests);
+        let text = m.render(false);
+        assert!(text.contains("chat_requests_total{core=\"0\"} 0\n"));
+        assert!(text.contains("chat_requests_total{core=\"1\"} 1\n"));
+        let rss: f64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("process_resident_memory_bytes "))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(rss > 1e5, "resident memory is read from /proc: {rss}");
+        assert!(text.contains("process_cpu_seconds_total "));
+    }
+}

@@ -1,0 +1,32 @@
+//! `join`: become a member of a room.
+//!
+//! Wire: `{"type":"join","room":R}` -> `{"type":"joined","room":R,"seq":S}`.
+//!
+//! `S` is the room's latest seq (0 if none) when the owner serves the request. From then on the
+//! connection receives every `msg` of the room with seq > `S`, live, in order; none comes before
+//! the `joined` reply. Joining a room again only reports the latest seq. A direct-message room
+//! can be "joined" by its two users (they are members anyway); anyone else gets `forbidden`.
+
+use crate::core::Core;
+use crate::fanout::{ConnId, CoreMsg, Name};
+use chat_wire::protocol::RequestError;
+
+pub fn apply(core: &mut Core, conn: ConnId, room: &str) -> Result<(), RequestError> {
+    let own_dm = super::is_own_dm(room, &core.conns[&conn].user)?;
+    let room: Name = room.into();
+    let reply = core.ticket(conn);
+    let subscribe = if own_dm || core.conns[&conn].rooms.contains_key(&room) {
+        false
+    } else {
+        core.add_member(&room, conn, reply.ticket)
+    };
+    core.ask_owner(
+        &room.clone(),
+        CoreMsg::Join {
+            room,
+            subscribe,
+            reply,
+        },
+    );
+    Ok(())
+}

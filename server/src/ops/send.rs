@@ -1,0 +1,85 @@
+//! `send`: post a message to a room.
+//!
+//! Wire: `{"type":"send","room":R,"cid":C,"body":B}` -> `{"type":"ack","cid":C,"room":R,"seq":S,"id":ID}`,
+//! and a `msg` to every member of the room, the sender included.
+//!
+//! The sender must have joined the room (`not_joined`), or be one of the two users of a
+//! direct-message room (`forbidden` otherwise). The request is not awaited: the connection's next
+//! request is read while this one is with the room's owner, and acks still leave in request
+//! order. A `(from, cid)` seen in the room within the dedupe window is answered with the first
+//! message's seq and id and is not delivered again. Over the connection's rate: `rate_limited`;
+//! while the server drains: `unavailable`.
+
+use crate::bus::memory::PublishRequest;
+use crate::core::Core;
+use crate::fanout::{ConnId, CoreMsg, Name};
+use chat_wire::protocol::{dm_members, ErrorCode, RequestError};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+pub fn apply(
+    core: &mut Core,
+    conn: ConnId,
+    room: &str,
+    cid: &str,
+    body: &str,
+) -> Result<(), RequestError> {
+    let with_cid = |e: RequestError| e.with_cid(Some(cid));
+    let c = &core.conns[&conn];
+    let dm = if super::is_own_dm(room, &c.user).map_err(with_cid)? {
+        let (a, b) = dm_members(room).expect("checked");
+        Some((Name::from(a), Name::from(b)))
+    } else if c.rooms.contains_key(room) {
+        None
+    } else {
+        let e = RequestError::new(
+            ErrorCode::NotJoined,
+            format!("join {room:?} before sending to it"),
+        );
+        return Err(with_cid(e));
+    };
+    publish(core, conn, room.into(), cid, body, dm)
+}
+
+/// Checks the connection's limits and hands the message to the room's owner.
+pub fn publish(
+    core: &mut Core,
+    conn: ConnId,
+    room: Name,
+    cid: &str,
+    body: &str,
+    dm: Option<(Name, Name)>,
+) -> Result<(), RequestError> {
+    if core.node.draining() {
+        return Err(RequestError::new(
+            ErrorCode::Unavailable,
+            "server is draining; reconnect to another node",
+        )
+        .with_cid(Some(cid)));
+    }
+    let cfg = &core.node.config;
+    let (rate, burst) = (cfg.rate_limit, cfg.rate_burst);
+    let c = core.conns.get_mut(&conn).unwrap();
+    if !c.rate.take(rate, burst, Instant::now()) {
+        return Err(RequestError::new(
+            ErrorCode::RateLimited,
+            format!("over {rate} messages per second"),
+        )
+        .with_cid(Some(cid)));
+    }
+    let from = c.user.clone();
+    let reply = core.ticket(conn);
+    let ts = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let req = PublishRequest {
+        room: room.clone(),
+        from,
+        cid: cid.into(),
+        body: body.into(),
+        ts,
+        dm,
+        reply,
+    };
+    core.ask_owner(&room, CoreMsg::Publish(req));
+    Ok(())
+}
