@@ -36,6 +36,8 @@ use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
+/// How long a client's close waits for the replies to its earlier requests.
+const REPLY_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 /// Frames handed to one `writev`.
 const WRITE_BATCH: usize = 256;
 const READ_CHUNK: usize = 16 * 1024;
@@ -130,6 +132,13 @@ async fn read_loop(
                 }
             };
             match assembler.push(frame) {
+                Ok(Some(Message::Close(status))) => {
+                    // Answer what the client asked before it said goodbye, then echo its close.
+                    let _ =
+                        monoio::time::timeout(REPLY_FLUSH_TIMEOUT, replies_done(core, conn, io))
+                            .await;
+                    on_message(core, conn, io, Message::Close(status));
+                }
                 Ok(Some(msg)) => on_message(core, conn, io, msg),
                 Ok(None) => {}
                 Err(e) => protocol_close(core, io, e.code, e.reason),
@@ -160,6 +169,18 @@ async fn read_loop(
             None => return,
         }
     }
+}
+
+/// Waits until every request of `conn` has been answered.
+async fn replies_done(core: &CoreRef, conn: u64, io: &ConnIo) {
+    poll_fn(|cx| match core.borrow().conns.get(&conn) {
+        Some(state) if state.replies.in_flight() > 0 => {
+            io.park_reader(cx.waker());
+            Poll::Pending
+        }
+        _ => Poll::Ready(()),
+    })
+    .await
 }
 
 fn on_message(core: &CoreRef, conn: u64, io: &Rc<ConnIo>, msg: Message) {

@@ -44,6 +44,10 @@ fn websocket(req: &Request<'_>, node: &Node) -> Route {
     if !req.wants_websocket() {
         return text(426, "this endpoint speaks WebSocket only\n");
     }
+    if req.header("sec-websocket-version") != Some("13") {
+        // RFC 6455 section 4.4: refuse with the versions we speak (426 carries the header).
+        return text(426, "Sec-WebSocket-Version must be 13\n");
+    }
     let accept = match req.websocket_accept() {
         Ok(a) => a,
         Err(why) => return text(400, &format!("{why}\n")),

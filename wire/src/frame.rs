@@ -105,17 +105,26 @@ pub fn parse_frame(
     let b1 = buf[1];
     let fin = b0 & 0x80 != 0;
     if b0 & 0x70 != 0 {
-        return Err(FrameError::new(close_code::PROTOCOL, "reserved bits set without an extension"));
+        return Err(FrameError::new(
+            close_code::PROTOCOL,
+            "reserved bits set without an extension",
+        ));
     }
     let opcode = OpCode::from_u8(b0 & 0x0F)
         .ok_or(FrameError::new(close_code::PROTOCOL, "reserved opcode"))?;
     let masked = b1 & 0x80 != 0;
     match (role, masked) {
         (Role::Server, false) => {
-            return Err(FrameError::new(close_code::PROTOCOL, "client frame is not masked"))
+            return Err(FrameError::new(
+                close_code::PROTOCOL,
+                "client frame is not masked",
+            ))
         }
         (Role::Client, true) => {
-            return Err(FrameError::new(close_code::PROTOCOL, "server frame is masked"))
+            return Err(FrameError::new(
+                close_code::PROTOCOL,
+                "server frame is masked",
+            ))
         }
         _ => {}
     }
@@ -126,7 +135,10 @@ pub fn parse_frame(
             }
             let len = u16::from_be_bytes([buf[2], buf[3]]) as u64;
             if len < 126 {
-                return Err(FrameError::new(close_code::PROTOCOL, "length not minimally encoded"));
+                return Err(FrameError::new(
+                    close_code::PROTOCOL,
+                    "length not minimally encoded",
+                ));
             }
             (len, 4)
         }
@@ -136,10 +148,16 @@ pub fn parse_frame(
             }
             let len = u64::from_be_bytes(buf[2..10].try_into().unwrap());
             if len >> 63 != 0 {
-                return Err(FrameError::new(close_code::PROTOCOL, "64-bit length has its top bit set"));
+                return Err(FrameError::new(
+                    close_code::PROTOCOL,
+                    "64-bit length has its top bit set",
+                ));
             }
             if len <= u16::MAX as u64 {
-                return Err(FrameError::new(close_code::PROTOCOL, "length not minimally encoded"));
+                return Err(FrameError::new(
+                    close_code::PROTOCOL,
+                    "length not minimally encoded",
+                ));
             }
             (len, 10)
         }
@@ -147,21 +165,35 @@ pub fn parse_frame(
     };
     if opcode.is_control() {
         if !fin {
-            return Err(FrameError::new(close_code::PROTOCOL, "fragmented control frame"));
+            return Err(FrameError::new(
+                close_code::PROTOCOL,
+                "fragmented control frame",
+            ));
         }
         if len > 125 {
-            return Err(FrameError::new(close_code::PROTOCOL, "control frame over 125 bytes"));
+            return Err(FrameError::new(
+                close_code::PROTOCOL,
+                "control frame over 125 bytes",
+            ));
         }
     }
     if len > max_payload as u64 {
-        return Err(FrameError::new(close_code::TOO_BIG, "frame exceeds the size limit"));
+        return Err(FrameError::new(
+            close_code::TOO_BIG,
+            "frame exceeds the size limit",
+        ));
     }
     let len = len as usize;
     let mask = if masked {
         if buf.len() < header + 4 {
             return Ok(None);
         }
-        let m = [buf[header], buf[header + 1], buf[header + 2], buf[header + 3]];
+        let m = [
+            buf[header],
+            buf[header + 1],
+            buf[header + 2],
+            buf[header + 3],
+        ];
         header += 4;
         Some(m)
     } else {
@@ -177,7 +209,11 @@ pub fn parse_frame(
     if let Some(mask) = mask {
         apply_mask(&mut payload, mask);
     }
-    Ok(Some(Frame { fin, opcode, payload }))
+    Ok(Some(Frame {
+        fin,
+        opcode,
+        payload,
+    }))
 }
 
 /// XORs `data` with the 4-byte masking key (RFC 6455 section 5.3), eight bytes at a time.
@@ -196,7 +232,13 @@ pub fn apply_mask(data: &mut [u8], mask: [u8; 4]) {
 }
 
 /// Writes a frame header for a payload of `len` bytes.
-pub fn put_header(out: &mut BytesMut, fin: bool, opcode: OpCode, len: usize, mask: Option<[u8; 4]>) {
+pub fn put_header(
+    out: &mut BytesMut,
+    fin: bool,
+    opcode: OpCode,
+    len: usize,
+    mask: Option<[u8; 4]>,
+) {
     out.put_u8(if fin { 0x80 } else { 0 } | opcode as u8);
     let mask_bit = if mask.is_some() { 0x80 } else { 0 };
     if len < 126 {
@@ -311,7 +353,10 @@ pub struct MessageAssembler {
 impl MessageAssembler {
     /// `max_message` bounds the total size of a reassembled message.
     pub fn new(max_message: usize) -> Self {
-        MessageAssembler { max_message, partial: None }
+        MessageAssembler {
+            max_message,
+            partial: None,
+        }
     }
 
     /// Feeds one frame; returns a message once one is complete.
@@ -342,7 +387,10 @@ impl MessageAssembler {
             }
             OpCode::Continuation => {
                 let Some(partial) = self.partial.as_mut() else {
-                    return Err(FrameError::new(close_code::PROTOCOL, "continuation without a message"));
+                    return Err(FrameError::new(
+                        close_code::PROTOCOL,
+                        "continuation without a message",
+                    ));
                 };
                 partial.append(&frame.payload, self.max_message)?;
                 if !frame.fin {
@@ -405,7 +453,10 @@ pub fn is_valid_close_code(code: u16) -> bool {
 pub fn parse_close_payload(payload: &[u8]) -> Result<Option<(u16, String)>, FrameError> {
     match payload.len() {
         0 => Ok(None),
-        1 => Err(FrameError::new(close_code::PROTOCOL, "close payload of one byte")),
+        1 => Err(FrameError::new(
+            close_code::PROTOCOL,
+            "close payload of one byte",
+        )),
         _ => {
             let code = u16::from_be_bytes([payload[0], payload[1]]);
             if !is_valid_close_code(code) {
@@ -435,7 +486,9 @@ mod tests {
     #[test]
     fn rfc_example_masked_hello() {
         // RFC 6455 section 5.7: a single-frame masked text message "Hello".
-        let bytes = [0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58];
+        let bytes = [
+            0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58,
+        ];
         let frames = parse_all(&bytes, 1024).unwrap();
         assert_eq!(frames.len(), 1);
         assert!(frames[0].fin);
@@ -455,12 +508,19 @@ mod tests {
                 buf.put_u8(*b);
                 let r = parse_frame(&mut buf, Role::Server, 1 << 20).unwrap();
                 if i + 1 < frame.len() {
-                    assert!(r.is_none(), "len {len}: frame reported complete at byte {i}");
+                    assert!(
+                        r.is_none(),
+                        "len {len}: frame reported complete at byte {i}"
+                    );
                 } else {
                     got = r;
                 }
             }
-            assert_eq!(&got.expect("complete frame").payload[..], &payload[..], "len {len}");
+            assert_eq!(
+                &got.expect("complete frame").payload[..],
+                &payload[..],
+                "len {len}"
+            );
         }
     }
 
@@ -479,15 +539,29 @@ mod tests {
             assert_eq!(err.code, code, "{bytes:x?}");
         }
         let too_big = encode_masked_frame(true, OpCode::Text, &[b'a'; 2000], MASK);
-        assert_eq!(parse_all(&too_big[..4], 1000).unwrap_err().code, 1009, "refused from the header");
+        assert_eq!(
+            parse_all(&too_big[..4], 1000).unwrap_err().code,
+            1009,
+            "refused from the header"
+        );
     }
 
     #[test]
     fn reassembles_fragments_around_a_ping() {
         let mut bytes = Vec::new();
-        bytes.extend_from_slice(&encode_masked_frame(false, OpCode::Text, "hé".as_bytes(), MASK));
+        bytes.extend_from_slice(&encode_masked_frame(
+            false,
+            OpCode::Text,
+            "hé".as_bytes(),
+            MASK,
+        ));
         bytes.extend_from_slice(&encode_masked_frame(true, OpCode::Ping, b"p", MASK));
-        bytes.extend_from_slice(&encode_masked_frame(true, OpCode::Continuation, b"llo", MASK));
+        bytes.extend_from_slice(&encode_masked_frame(
+            true,
+            OpCode::Continuation,
+            b"llo",
+            MASK,
+        ));
         let mut asm = MessageAssembler::new(1024);
         let mut out = Vec::new();
         for f in parse_all(&bytes, 1024).unwrap() {
@@ -503,15 +577,30 @@ mod tests {
     fn utf8_split_across_fragments_is_accepted_and_bad_utf8_fails_fast() {
         let euro = "€".as_bytes(); // three bytes
         let mut asm = MessageAssembler::new(1024);
-        let f = |fin, op, p: &[u8]| Frame { fin, opcode: op, payload: BytesMut::from(p) };
-        assert!(asm.push(f(false, OpCode::Text, &euro[..1])).unwrap().is_none());
-        assert!(asm.push(f(false, OpCode::Continuation, &euro[1..2])).unwrap().is_none());
+        let f = |fin, op, p: &[u8]| Frame {
+            fin,
+            opcode: op,
+            payload: BytesMut::from(p),
+        };
+        assert!(asm
+            .push(f(false, OpCode::Text, &euro[..1]))
+            .unwrap()
+            .is_none());
+        assert!(asm
+            .push(f(false, OpCode::Continuation, &euro[1..2]))
+            .unwrap()
+            .is_none());
         let done = asm.push(f(true, OpCode::Continuation, &euro[2..])).unwrap();
         assert!(matches!(done, Some(Message::Text(t)) if &t[..] == euro));
 
         let mut asm = MessageAssembler::new(1024);
-        let err = asm.push(f(false, OpCode::Text, &[0xce, 0xba, 0xff])).unwrap_err();
-        assert_eq!(err.code, 1007, "invalid byte is refused before the message ends");
+        let err = asm
+            .push(f(false, OpCode::Text, &[0xce, 0xba, 0xff]))
+            .unwrap_err();
+        assert_eq!(
+            err.code, 1007,
+            "invalid byte is refused before the message ends"
+        );
         let mut asm = MessageAssembler::new(1024);
         let err = asm.push(f(true, OpCode::Text, &euro[..2])).unwrap_err();
         assert_eq!(err.code, 1007, "a truncated sequence at the end is invalid");
@@ -520,36 +609,72 @@ mod tests {
     #[test]
     fn oversized_fragmented_message_is_dropped_not_fatal() {
         let mut asm = MessageAssembler::new(10);
-        let f = |fin, op, p: &[u8]| Frame { fin, opcode: op, payload: BytesMut::from(p) };
-        assert!(asm.push(f(false, OpCode::Text, b"123456")).unwrap().is_none());
-        assert!(asm.push(f(false, OpCode::Continuation, b"789012")).unwrap().is_none());
-        assert!(matches!(asm.push(f(true, OpCode::Continuation, b"x")).unwrap(), Some(Message::TooLarge)));
+        let f = |fin, op, p: &[u8]| Frame {
+            fin,
+            opcode: op,
+            payload: BytesMut::from(p),
+        };
+        assert!(asm
+            .push(f(false, OpCode::Text, b"123456"))
+            .unwrap()
+            .is_none());
+        assert!(asm
+            .push(f(false, OpCode::Continuation, b"789012"))
+            .unwrap()
+            .is_none());
+        assert!(matches!(
+            asm.push(f(true, OpCode::Continuation, b"x")).unwrap(),
+            Some(Message::TooLarge)
+        ));
         let next = asm.push(f(true, OpCode::Text, b"ok")).unwrap();
         assert!(matches!(next, Some(Message::Text(t)) if &t[..] == b"ok"));
     }
 
     #[test]
     fn fragmentation_errors() {
-        let f = |fin, op, p: &[u8]| Frame { fin, opcode: op, payload: BytesMut::from(p) };
+        let f = |fin, op, p: &[u8]| Frame {
+            fin,
+            opcode: op,
+            payload: BytesMut::from(p),
+        };
         let mut asm = MessageAssembler::new(100);
-        assert_eq!(asm.push(f(true, OpCode::Continuation, b"x")).unwrap_err().code, 1002);
+        assert_eq!(
+            asm.push(f(true, OpCode::Continuation, b"x"))
+                .unwrap_err()
+                .code,
+            1002
+        );
         let mut asm = MessageAssembler::new(100);
         asm.push(f(false, OpCode::Text, b"a")).unwrap();
-        assert_eq!(asm.push(f(true, OpCode::Text, b"b")).unwrap_err().code, 1002);
+        assert_eq!(
+            asm.push(f(true, OpCode::Text, b"b")).unwrap_err().code,
+            1002
+        );
     }
 
     #[test]
     fn close_payloads() {
         assert_eq!(parse_close_payload(&[]).unwrap(), None);
         assert_eq!(parse_close_payload(&[3]).unwrap_err().code, 1002);
-        assert_eq!(parse_close_payload(&1005u16.to_be_bytes()).unwrap_err().code, 1002);
-        assert_eq!(parse_close_payload(&999u16.to_be_bytes()).unwrap_err().code, 1002);
+        assert_eq!(
+            parse_close_payload(&1005u16.to_be_bytes())
+                .unwrap_err()
+                .code,
+            1002
+        );
+        assert_eq!(
+            parse_close_payload(&999u16.to_be_bytes()).unwrap_err().code,
+            1002
+        );
         let mut bad_reason = 1000u16.to_be_bytes().to_vec();
         bad_reason.push(0xff);
         assert_eq!(parse_close_payload(&bad_reason).unwrap_err().code, 1007);
         let mut ok = 4000u16.to_be_bytes().to_vec();
         ok.extend_from_slice(b"bye");
-        assert_eq!(parse_close_payload(&ok).unwrap(), Some((4000, "bye".into())));
+        assert_eq!(
+            parse_close_payload(&ok).unwrap(),
+            Some((4000, "bye".into()))
+        );
     }
 
     #[test]
@@ -567,7 +692,11 @@ mod tests {
         let data: Vec<u8> = (0..37).collect();
         let mut fast = data.clone();
         apply_mask(&mut fast, MASK);
-        let slow: Vec<u8> = data.iter().enumerate().map(|(i, b)| b ^ MASK[i % 4]).collect();
+        let slow: Vec<u8> = data
+            .iter()
+            .enumerate()
+            .map(|(i, b)| b ^ MASK[i % 4])
+            .collect();
         assert_eq!(fast, slow);
     }
 }

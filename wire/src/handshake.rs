@@ -46,10 +46,16 @@ impl RequestError {
 pub fn parse_request(buf: &[u8]) -> Result<Option<(Request<'_>, usize)>, RequestError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
-    let status = req.parse(buf).map_err(|e| RequestError::Malformed(e.to_string()))?;
+    let status = req
+        .parse(buf)
+        .map_err(|e| RequestError::Malformed(e.to_string()))?;
     let len = match status {
         httparse::Status::Partial => {
-            return if buf.len() > MAX_REQUEST_HEAD { Err(RequestError::TooLarge) } else { Ok(None) };
+            return if buf.len() > MAX_REQUEST_HEAD {
+                Err(RequestError::TooLarge)
+            } else {
+                Ok(None)
+            };
         }
         httparse::Status::Complete(len) => len,
     };
@@ -65,7 +71,15 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<(Request<'_>, usize)>, Request
         None => (target, None),
     };
     let headers = req.headers.iter().map(|h| (h.name, h.value)).collect();
-    Ok(Some((Request { method: req.method.unwrap_or(""), path, query, headers }, len)))
+    Ok(Some((
+        Request {
+            method: req.method.unwrap_or(""),
+            path,
+            query,
+            headers,
+        },
+        len,
+    )))
 }
 
 impl<'a> Request<'a> {
@@ -89,7 +103,8 @@ impl<'a> Request<'a> {
 
     /// Whether the client asks for a WebSocket (`Upgrade: websocket`, `Connection: upgrade`).
     pub fn wants_websocket(&self) -> bool {
-        self.header_has_token("upgrade", "websocket") && self.header_has_token("connection", "upgrade")
+        self.header_has_token("upgrade", "websocket")
+            && self.header_has_token("connection", "upgrade")
     }
 
     /// Checks the rest of the opening handshake and returns the `Sec-WebSocket-Accept` value.
@@ -100,7 +115,9 @@ impl<'a> Request<'a> {
         if self.header("sec-websocket-version") != Some("13") {
             return Err("Sec-WebSocket-Version must be 13");
         }
-        let key = self.header("sec-websocket-key").ok_or("missing Sec-WebSocket-Key")?;
+        let key = self
+            .header("sec-websocket-key")
+            .ok_or("missing Sec-WebSocket-Key")?;
         let decoded = base64::engine::general_purpose::STANDARD
             .decode(key)
             .map_err(|_| "Sec-WebSocket-Key is not base64")?;
@@ -205,17 +222,27 @@ mod tests {
     #[test]
     fn rfc_sample_accept_key() {
         // RFC 6455 section 1.3.
-        assert_eq!(accept_key("dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        assert_eq!(
+            accept_key("dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
     }
 
     #[test]
     fn parses_an_upgrade_with_query() {
-        let raw = client_request("localhost", "/ws?user=al%2Dice&x=1", "dGhlIHNhbXBsZSBub25jZQ==");
+        let raw = client_request(
+            "localhost",
+            "/ws?user=al%2Dice&x=1",
+            "dGhlIHNhbXBsZSBub25jZQ==",
+        );
         let (req, len) = parse_request(raw.as_bytes()).unwrap().unwrap();
         assert_eq!(len, raw.len());
         assert_eq!(req.path, "/ws");
         assert!(req.wants_websocket());
-        assert_eq!(req.websocket_accept().unwrap(), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        assert_eq!(
+            req.websocket_accept().unwrap(),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
         assert_eq!(req.query_param("user").as_deref(), Some("al-ice"));
         assert_eq!(req.query_param("x").as_deref(), Some("1"));
         assert_eq!(req.query_param("nope"), None);
@@ -223,13 +250,18 @@ mod tests {
 
     #[test]
     fn incomplete_and_bad_requests() {
-        assert!(parse_request(b"GET / HTTP/1.1\r\nHost: x\r\n").unwrap().is_none());
+        assert!(parse_request(b"GET / HTTP/1.1\r\nHost: x\r\n")
+            .unwrap()
+            .is_none());
         assert_eq!(parse_request(b"GARBAGE\r\n\r\n").unwrap_err().status(), 400);
         let huge = format!("GET / HTTP/1.1\r\nX: {}\r\n", "a".repeat(MAX_REQUEST_HEAD));
         assert_eq!(parse_request(huge.as_bytes()).unwrap_err().status(), 431);
         let v12 = "GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 12\r\n\r\n";
         let (req, _) = parse_request(v12.as_bytes()).unwrap().unwrap();
-        assert!(req.wants_websocket(), "Connection header with several tokens");
+        assert!(
+            req.wants_websocket(),
+            "Connection header with several tokens"
+        );
         assert!(req.websocket_accept().is_err());
     }
 

@@ -53,12 +53,31 @@ impl ErrorCode {
 /// One client request, borrowing its strings from the frame payload.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClientOp<'a> {
-    Join { room: &'a str },
-    Leave { room: &'a str },
-    Send { room: &'a str, cid: &'a str, body: &'a str },
-    Dm { to: &'a str, cid: &'a str, body: &'a str },
-    History { room: &'a str, before: Option<u64>, limit: u32 },
-    Resume { room: &'a str, after: u64 },
+    Join {
+        room: &'a str,
+    },
+    Leave {
+        room: &'a str,
+    },
+    Send {
+        room: &'a str,
+        cid: &'a str,
+        body: &'a str,
+    },
+    Dm {
+        to: &'a str,
+        cid: &'a str,
+        body: &'a str,
+    },
+    History {
+        room: &'a str,
+        before: Option<u64>,
+        limit: u32,
+    },
+    Resume {
+        room: &'a str,
+        after: u64,
+    },
 }
 
 /// A request that cannot be served: the `error` to send back.
@@ -72,7 +91,11 @@ pub struct RequestError {
 
 impl RequestError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        RequestError { code, message: message.into(), cid: None }
+        RequestError {
+            code,
+            message: message.into(),
+            cid: None,
+        }
     }
 
     pub fn with_cid(mut self, cid: Option<&str>) -> Self {
@@ -105,7 +128,11 @@ impl Default for Decoder {
 impl Decoder {
     /// `max_body`: longest accepted `body`, in bytes (`too_large` beyond).
     pub fn new(max_body: usize) -> Self {
-        Decoder { buffers: Buffers::new(1024), tape: Some(Tape::null().reset()), max_body }
+        Decoder {
+            buffers: Buffers::new(1024),
+            tape: Some(Tape::null().reset()),
+            max_body,
+        }
     }
 
     /// Decodes one text message. `input` is modified (simd-json unescapes strings in place) and
@@ -114,7 +141,10 @@ impl Decoder {
         let mut tape: Tape<'a> = self.tape.take().unwrap_or_else(Tape::null).reset();
         let result = match simd_json::fill_tape(input, &mut self.buffers, &mut tape) {
             Ok(()) => decode_value(tape.as_value(), self.max_body),
-            Err(e) => Err(RequestError::new(ErrorCode::BadRequest, format!("invalid JSON: {e}"))),
+            Err(e) => Err(RequestError::new(
+                ErrorCode::BadRequest,
+                format!("invalid JSON: {e}"),
+            )),
         };
         self.tape = Some(tape.reset());
         result
@@ -125,24 +155,40 @@ type TapeValue<'t, 'a> = simd_json::tape::Value<'t, 'a>;
 
 fn decode_value<'a>(v: TapeValue<'_, 'a>, max_body: usize) -> Result<ClientOp<'a>, RequestError> {
     if v.as_object().is_none() {
-        return Err(RequestError::new(ErrorCode::BadRequest, "a message must be a JSON object"));
+        return Err(RequestError::new(
+            ErrorCode::BadRequest,
+            "a message must be a JSON object",
+        ));
     }
     let cid = v.get("cid").and_then(|c| c.into_string());
     let fields = Fields { v, cid };
     let ty = fields.str("type")?;
     let op = match ty {
-        "join" => ClientOp::Join { room: fields.room("room")? },
-        "leave" => ClientOp::Leave { room: fields.room("room")? },
+        "join" => ClientOp::Join {
+            room: fields.room("room")?,
+        },
+        "leave" => ClientOp::Leave {
+            room: fields.room("room")?,
+        },
         "send" => {
             let room = fields.room("room")?;
             let cid = fields.cid()?;
-            ClientOp::Send { room, cid, body: fields.body(max_body)? }
+            ClientOp::Send {
+                room,
+                cid,
+                body: fields.body(max_body)?,
+            }
         }
         "dm" => {
             let to = fields.str("to")?;
-            validate_user(to).map_err(|m| fields.err(ErrorCode::BadRequest, format!("`to`: {m}")))?;
+            validate_user(to)
+                .map_err(|m| fields.err(ErrorCode::BadRequest, format!("`to`: {m}")))?;
             let cid = fields.cid()?;
-            ClientOp::Dm { to, cid, body: fields.body(max_body)? }
+            ClientOp::Dm {
+                to,
+                cid,
+                body: fields.body(max_body)?,
+            }
         }
         "history" => {
             let room = fields.room("room")?;
@@ -157,7 +203,11 @@ fn decode_value<'a>(v: TapeValue<'_, 'a>, max_body: usize) -> Result<ClientOp<'a
                     ))
                 }
             };
-            ClientOp::History { room, before, limit }
+            ClientOp::History {
+                room,
+                before,
+                limit,
+            }
         }
         "resume" => {
             let room = fields.room("room")?;
@@ -186,15 +236,16 @@ impl<'a> Fields<'_, 'a> {
     fn str(&self, name: &str) -> Result<&'a str, RequestError> {
         match self.v.get(name) {
             None => Err(self.err(ErrorCode::BadRequest, format!("missing field `{name}`"))),
-            Some(f) => f
-                .into_string()
-                .ok_or_else(|| self.err(ErrorCode::BadRequest, format!("`{name}` must be a string"))),
+            Some(f) => f.into_string().ok_or_else(|| {
+                self.err(ErrorCode::BadRequest, format!("`{name}` must be a string"))
+            }),
         }
     }
 
     fn room(&self, name: &str) -> Result<&'a str, RequestError> {
         let room = self.str(name)?;
-        validate_room(room).map_err(|m| self.err(ErrorCode::BadRequest, format!("`{name}`: {m}")))?;
+        validate_room(room)
+            .map_err(|m| self.err(ErrorCode::BadRequest, format!("`{name}`: {m}")))?;
         Ok(room)
     }
 
@@ -222,7 +273,10 @@ impl<'a> Fields<'_, 'a> {
             None => Ok(None),
             Some(f) if f.is_null() => Ok(None),
             Some(f) => f.as_u64().map(Some).ok_or_else(|| {
-                self.err(ErrorCode::BadRequest, format!("`{name}` must be a non-negative integer"))
+                self.err(
+                    ErrorCode::BadRequest,
+                    format!("`{name}` must be a non-negative integer"),
+                )
             }),
         }
     }
@@ -247,7 +301,10 @@ pub fn validate_user(user: &str) -> Result<(), &'static str> {
     if user.is_empty() || user.len() > MAX_USER_CHARS {
         return Err("user id must be 1-64 characters");
     }
-    if !user.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-')) {
+    if !user
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+    {
         return Err("user id may only contain A-Z a-z 0-9 _ . -");
     }
     Ok(())
@@ -392,7 +449,11 @@ pub mod reply {
             put_json_str(out, room);
             out.put_slice(b",\"seq\":");
             put_u64(out, seq);
-            out.put_slice(if complete { b",\"complete\":true}" } else { b",\"complete\":false}" });
+            out.put_slice(if complete {
+                b",\"complete\":true}"
+            } else {
+                b",\"complete\":false}"
+            });
         })
     }
 
@@ -446,25 +507,53 @@ mod tests {
 
     #[test]
     fn decodes_every_request_type() {
-        assert_eq!(decode(r#"{"type":"join","room":"a","extra":[1,2]}"#), Ok(ClientOp::Join { room: "a" }));
-        assert_eq!(decode(r#"{"type":"leave","room":"a"}"#), Ok(ClientOp::Leave { room: "a" }));
+        assert_eq!(
+            decode(r#"{"type":"join","room":"a","extra":[1,2]}"#),
+            Ok(ClientOp::Join { room: "a" })
+        );
+        assert_eq!(
+            decode(r#"{"type":"leave","room":"a"}"#),
+            Ok(ClientOp::Leave { room: "a" })
+        );
         assert_eq!(
             decode(r#"{"type":"send","room":"a","cid":"c1","body":"h\u00e9\"llo\n"}"#),
-            Ok(ClientOp::Send { room: "a", cid: "c1", body: "hé\"llo\n" })
+            Ok(ClientOp::Send {
+                room: "a",
+                cid: "c1",
+                body: "hé\"llo\n"
+            })
         );
         assert_eq!(
             decode(r#"{"type":"dm","to":"bob","cid":"c2","body":""}"#),
-            Ok(ClientOp::Dm { to: "bob", cid: "c2", body: "" })
+            Ok(ClientOp::Dm {
+                to: "bob",
+                cid: "c2",
+                body: ""
+            })
         );
         assert_eq!(
             decode(r#"{"type":"history","room":"a"}"#),
-            Ok(ClientOp::History { room: "a", before: None, limit: 50 })
+            Ok(ClientOp::History {
+                room: "a",
+                before: None,
+                limit: 50
+            })
         );
         assert_eq!(
             decode(r#"{"type":"history","room":"a","before":10,"limit":100}"#),
-            Ok(ClientOp::History { room: "a", before: Some(10), limit: 100 })
+            Ok(ClientOp::History {
+                room: "a",
+                before: Some(10),
+                limit: 100
+            })
         );
-        assert_eq!(decode(r#"{"type":"resume","room":"a","after":0}"#), Ok(ClientOp::Resume { room: "a", after: 0 }));
+        assert_eq!(
+            decode(r#"{"type":"resume","room":"a","after":0}"#),
+            Ok(ClientOp::Resume {
+                room: "a",
+                after: 0
+            })
+        );
     }
 
     #[test]
@@ -476,15 +565,47 @@ mod tests {
             (r#"{"type":5}"#, ErrorCode::BadRequest, None),
             (r#"{"type":"shout"}"#, ErrorCode::BadRequest, None),
             (r#"{"type":"join"}"#, ErrorCode::BadRequest, None),
-            (r#"{"type":"join","room":"a b"}"#, ErrorCode::BadRequest, None),
+            (
+                r#"{"type":"join","room":"a b"}"#,
+                ErrorCode::BadRequest,
+                None,
+            ),
             (r#"{"type":"join","room":""}"#, ErrorCode::BadRequest, None),
-            (r#"{"type":"send","room":"a","cid":"x","body":7}"#, ErrorCode::BadRequest, Some("x")),
-            (r#"{"type":"send","room":"a","body":"b"}"#, ErrorCode::BadRequest, None),
-            (r#"{"type":"dm","to":"b:c","cid":"x","body":"b"}"#, ErrorCode::BadRequest, Some("x")),
-            (r#"{"type":"history","room":"a","limit":0}"#, ErrorCode::BadRequest, None),
-            (r#"{"type":"history","room":"a","limit":101}"#, ErrorCode::BadRequest, None),
-            (r#"{"type":"history","room":"a","before":-1}"#, ErrorCode::BadRequest, None),
-            (r#"{"type":"resume","room":"a"}"#, ErrorCode::BadRequest, None),
+            (
+                r#"{"type":"send","room":"a","cid":"x","body":7}"#,
+                ErrorCode::BadRequest,
+                Some("x"),
+            ),
+            (
+                r#"{"type":"send","room":"a","body":"b"}"#,
+                ErrorCode::BadRequest,
+                None,
+            ),
+            (
+                r#"{"type":"dm","to":"b:c","cid":"x","body":"b"}"#,
+                ErrorCode::BadRequest,
+                Some("x"),
+            ),
+            (
+                r#"{"type":"history","room":"a","limit":0}"#,
+                ErrorCode::BadRequest,
+                None,
+            ),
+            (
+                r#"{"type":"history","room":"a","limit":101}"#,
+                ErrorCode::BadRequest,
+                None,
+            ),
+            (
+                r#"{"type":"history","room":"a","before":-1}"#,
+                ErrorCode::BadRequest,
+                None,
+            ),
+            (
+                r#"{"type":"resume","room":"a"}"#,
+                ErrorCode::BadRequest,
+                None,
+            ),
         ];
         for (input, code, cid) in cases {
             let e = decode(input).unwrap_err();
@@ -496,7 +617,10 @@ mod tests {
         assert_eq!(decode(&long_room).unwrap_err().code, ErrorCode::BadRequest);
         let ok_room = format!(r#"{{"type":"join","room":"{}"}}"#, "é".repeat(128));
         assert!(decode(&ok_room).is_ok(), "128 characters, 256 bytes");
-        let big = format!(r#"{{"type":"send","room":"a","cid":"c","body":"{}"}}"#, "x".repeat(MAX_BODY + 1));
+        let big = format!(
+            r#"{{"type":"send","room":"a","cid":"c","body":"{}"}}"#,
+            "x".repeat(MAX_BODY + 1)
+        );
         let e = decode(&big).unwrap_err();
         assert_eq!((e.code, e.cid.as_deref()), (ErrorCode::TooLarge, Some("c")));
     }
@@ -519,7 +643,15 @@ mod tests {
     #[test]
     fn msg_encoding_is_valid_json_with_escapes() {
         let body = "quote \" backslash \\ nl \n tab \t bell \u{7} é 😀";
-        let m = Msg { room: "r/1", seq: 42, id: "id-1", from: "alice", ts: 1_700_000_000_000, body, cid: "c\"1" };
+        let m = Msg {
+            room: "r/1",
+            seq: 42,
+            id: "id-1",
+            from: "alice",
+            ts: 1_700_000_000_000,
+            body,
+            cid: "c\"1",
+        };
         let v = json(&m.frame());
         assert_eq!(v["type"], "msg");
         assert_eq!(v["room"], "r/1");
@@ -533,19 +665,49 @@ mod tests {
 
     #[test]
     fn replies_are_valid_json() {
-        assert_eq!(json(&reply::ack("c", "r", 3, "i")), serde_json::json!({"type":"ack","cid":"c","room":"r","seq":3,"id":"i"}));
-        assert_eq!(json(&reply::joined("r", 0)), serde_json::json!({"type":"joined","room":"r","seq":0}));
-        assert_eq!(json(&reply::left("r")), serde_json::json!({"type":"left","room":"r"}));
+        assert_eq!(
+            json(&reply::ack("c", "r", 3, "i")),
+            serde_json::json!({"type":"ack","cid":"c","room":"r","seq":3,"id":"i"})
+        );
+        assert_eq!(
+            json(&reply::joined("r", 0)),
+            serde_json::json!({"type":"joined","room":"r","seq":0})
+        );
+        assert_eq!(
+            json(&reply::left("r")),
+            serde_json::json!({"type":"left","room":"r"})
+        );
         assert_eq!(
             json(&reply::resumed("r", 9, false)),
             serde_json::json!({"type":"resumed","room":"r","seq":9,"complete":false})
         );
-        let m1 = Msg { room: "r", seq: 1, id: "a", from: "u", ts: 1, body: "x", cid: "c" }.frame();
-        let m2 = Msg { room: "r", seq: 2, id: "b", from: "u", ts: 2, body: "y", cid: "d" }.frame();
+        let m1 = Msg {
+            room: "r",
+            seq: 1,
+            id: "a",
+            from: "u",
+            ts: 1,
+            body: "x",
+            cid: "c",
+        }
+        .frame();
+        let m2 = Msg {
+            room: "r",
+            seq: 2,
+            id: "b",
+            from: "u",
+            ts: 2,
+            body: "y",
+            cid: "d",
+        }
+        .frame();
         let (p1, p2) = (payload_of(&m1), payload_of(&m2));
         let h = json(&reply::history("r", [&p1[..], &p2[..]]));
         assert_eq!(h["messages"][1]["seq"], 2);
-        assert_eq!(json(&reply::history("r", std::iter::empty::<&[u8]>()))["messages"], serde_json::json!([]));
+        assert_eq!(
+            json(&reply::history("r", std::iter::empty::<&[u8]>()))["messages"],
+            serde_json::json!([])
+        );
         let e = RequestError::new(ErrorCode::NotJoined, "join first").with_cid(Some("c9"));
         assert_eq!(
             json(&reply::error(&e)),

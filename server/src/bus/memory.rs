@@ -130,7 +130,7 @@ impl RoomShard {
     }
 
     /// Handles one message meant for an owner; gives back any message that is not.
-    pub fn handle(&mut self, msg: CoreMsg, out: &Outbox) -> Result<(), CoreMsg> {
+    pub fn handle(&mut self, msg: CoreMsg, out: &Outbox) -> Result<(), Box<CoreMsg>> {
         match msg {
             CoreMsg::Publish(req) => self.publish(req, out),
             CoreMsg::Join {
@@ -211,7 +211,7 @@ impl RoomShard {
                     }
                 }
             }
-            other => return Err(other),
+            other => return Err(Box::new(other)),
         }
         Ok(())
     }
