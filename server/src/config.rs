@@ -65,6 +65,33 @@ pub struct Config {
     #[arg(long, env = "CHAT_DEDUPE_CAPACITY", default_value_t = 1_000_000)]
     pub dedupe_capacity: usize,
 
+    /// Redis for cluster mode: one URL (`redis://127.0.0.1:6379`), or several comma-separated
+    /// seeds of a Redis Cluster (a single URL of a cluster node works too).
+    #[arg(long, env = "CHAT_REDIS_URL", value_delimiter = ',')]
+    pub redis: Vec<String>,
+
+    /// Kafka bootstrap servers (`host:port,...`): every message is produced there before its
+    /// sender gets `ack`. Needs `--redis`.
+    #[arg(long, env = "CHAT_KAFKA_BROKERS")]
+    pub kafka: Option<String>,
+
+    /// Kafka topic of the messages.
+    #[arg(long, env = "CHAT_KAFKA_TOPIC", default_value = "chat.messages")]
+    pub kafka_topic: String,
+
+    /// Messages waiting for Kafka at most; past it sends get `unavailable`.
+    #[arg(long, env = "CHAT_KAFKA_BACKLOG", default_value_t = 100_000)]
+    pub kafka_backlog: usize,
+
+    /// How long a message may wait for Kafka (an outage included) before its sender gets
+    /// `unavailable` instead of `ack`, ms.
+    #[arg(long, env = "CHAT_KAFKA_TIMEOUT_MS", default_value_t = 30_000)]
+    pub kafka_timeout_ms: u64,
+
+    /// How long the Kafka producer waits to fill a batch, ms.
+    #[arg(long, env = "CHAT_KAFKA_LINGER_MS", default_value_t = 1)]
+    pub kafka_linger_ms: u64,
+
     /// Seconds to keep serving after SIGTERM (health turns 503, new sends get `unavailable`)
     /// before connections are closed with 1001.
     #[arg(long, env = "CHAT_DRAIN_GRACE", default_value_t = 2.0)]
@@ -88,6 +115,9 @@ impl Config {
         }
         if self.idle_ping == 0 {
             return Err("--idle-ping must be at least 1 second".into());
+        }
+        if self.kafka.is_some() && self.redis.is_empty() {
+            return Err("--kafka needs --redis (cluster mode)".into());
         }
         if self.rate_limit < 0.0 || self.rate_burst < 1.0 {
             return Err("--rate-limit must be >= 0 and --rate-burst >= 1".into());

@@ -16,9 +16,7 @@
 
 use crate::bus::memory::{MemoryConfig, RoomShard};
 use crate::connection::{self, ConnIo};
-use crate::fanout::{
-    owner_of, user_owner, Channel, ConnId, CoreId, CoreMsg, Name, Outbox, Reply, ReplyTo,
-};
+use crate::fanout::{Channel, ConnId, CoreId, CoreMsg, Name, Outbox, Reply, ReplyTo};
 use crate::metrics::{inc, CoreCounters};
 use crate::node::Node;
 use crate::ops;
@@ -315,7 +313,7 @@ impl Core {
         };
         Core {
             id,
-            shard: RoomShard::new(id, node.node_id, mem),
+            shard: RoomShard::new(id, node.threads, node.node_id, mem),
             decoder: Decoder::new(cfg.max_body),
             node,
             out,
@@ -330,12 +328,9 @@ impl Core {
         &self.node.metrics.cores[self.id]
     }
 
-    pub fn cores(&self) -> usize {
-        self.node.threads
-    }
-
+    /// Where requests about `room` go: its owner core, or the cluster bus.
     pub fn owner(&self, room: &str) -> CoreId {
-        owner_of(room, self.cores())
+        self.node.route(room)
     }
 
     /// Registers a new WebSocket connection of `user`.
@@ -343,14 +338,14 @@ impl Core {
         let id = self.next_conn;
         self.next_conn += 1;
         let user: Name = user.into();
-        let cores = self.cores();
+        let route = self.node.route_user(&user);
         let local = self.users.entry(user.clone()).or_default();
         if local.is_empty() {
             let msg = CoreMsg::Subscribe {
                 channel: Channel::User(user.clone()),
                 core: self.id,
             };
-            self.out.push(user_owner(&user, cores), msg);
+            self.out.push(route, msg);
         }
         local.push(id);
         let burst = self.node.config.rate_burst;
@@ -387,7 +382,7 @@ impl Core {
                     channel: Channel::User(conn.user.clone()),
                     core: self.id,
                 };
-                self.out.push(user_owner(&conn.user, self.cores()), msg);
+                self.out.push(self.node.route_user(&conn.user), msg);
             }
         }
         self.counters().connections.fetch_sub(1, Relaxed);

@@ -176,10 +176,6 @@ impl Outbox {
         }
     }
 
-    pub fn cores(&self) -> usize {
-        self.mailboxes.len()
-    }
-
     /// Queues `msg` for core `to`; it leaves at the end of this turn.
     pub fn push(&self, to: CoreId, msg: CoreMsg) {
         self.pending.borrow_mut()[to].push(msg);

@@ -11,6 +11,7 @@ mod connection;
 mod core;
 mod fanout;
 mod http;
+mod log;
 mod metrics;
 mod node;
 mod ops;
@@ -51,7 +52,16 @@ fn main() {
         }
     };
     let addr = first.local_addr().expect("local address");
-    let node = Node::new(config, threads);
+    let cluster = cluster_config(&config);
+    let node = Node::new(config, threads, cluster.is_some());
+    let bus = cluster.map(|cfg| {
+        bus::cluster::start(node.clone(), cfg, std::time::Duration::from_secs(30)).unwrap_or_else(
+            |e| {
+                eprintln!("error: {e}");
+                std::process::exit(1);
+            },
+        )
+    });
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let mut listeners = vec![Some(first)];
     for _ in 1..threads {
@@ -75,7 +85,14 @@ fn main() {
         ready_rx.recv().expect("core started");
     }
     println!("listening on http://{addr}");
-    tracing::info!(%addr, threads, "chat-server ready (standalone: rooms ordered in memory)");
+    match &bus {
+        Some(_) => {
+            tracing::info!(%addr, threads, "chat-server ready (cluster: rooms ordered by Redis)")
+        }
+        None => {
+            tracing::info!(%addr, threads, "chat-server ready (standalone: rooms ordered in memory)")
+        }
+    }
 
     let drain_node = node.clone();
     std::thread::spawn(move || {
@@ -92,7 +109,33 @@ fn main() {
     for h in handles {
         let _ = h.join();
     }
+    if bus.is_some() {
+        // The bus flushed Kafka when it got Shutdown; give in-flight deliveries a moment more.
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     tracing::info!("stopped");
+}
+
+fn cluster_config(config: &config::Config) -> Option<bus::cluster::ClusterConfig> {
+    if config.redis.is_empty() {
+        return None;
+    }
+    let kafka = config
+        .kafka
+        .as_ref()
+        .map(|brokers| log::kafka::KafkaConfig {
+            brokers: brokers.clone(),
+            topic: config.kafka_topic.clone(),
+            backlog: config.kafka_backlog,
+            delivery_timeout_ms: config.kafka_timeout_ms,
+            linger_ms: config.kafka_linger_ms,
+        });
+    Some(bus::cluster::ClusterConfig {
+        redis: config.redis.clone(),
+        kafka,
+        history_len: config.history_len,
+        dedupe_ttl_secs: config.dedupe_window,
+    })
 }
 
 fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {

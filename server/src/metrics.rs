@@ -46,15 +46,37 @@ pub fn add(c: &AtomicU64, n: u64) {
     c.fetch_add(n, Relaxed);
 }
 
-/// All cores' counters.
+/// Counters of the cluster bus thread (cluster mode only).
+#[derive(Default)]
+pub struct BusCounters {
+    /// Pipelined round trips of the publish step, and the messages they carried.
+    pub redis_round_trips: AtomicU64,
+    pub redis_messages: AtomicU64,
+    pub redis_retries: AtomicU64,
+    pub redis_disconnects: AtomicU64,
+    pub pubsub_messages: AtomicU64,
+    /// Gaps found in a room's stream, messages filled from the cache, and gaps the cache could
+    /// not fill.
+    pub gap_fills: AtomicU64,
+    pub gap_messages: AtomicU64,
+    pub gap_unrecoverable: AtomicU64,
+    pub kafka_delivered: AtomicU64,
+    pub kafka_failed: AtomicU64,
+    /// Sends refused with `unavailable` because the Kafka backlog was full.
+    pub unavailable: AtomicU64,
+}
+
+/// All cores' counters, and the bus's.
 pub struct Metrics {
     pub cores: Box<[CoreCounters]>,
+    pub bus: BusCounters,
 }
 
 impl Metrics {
     pub fn new(cores: usize) -> Self {
         Metrics {
             cores: (0..cores).map(|_| CoreCounters::default()).collect(),
+            bus: BusCounters::default(),
         }
     }
 
@@ -156,6 +178,71 @@ impl Metrics {
             for (i, c) in self.cores.iter().enumerate() {
                 let _ = writeln!(out, "{name}{{core=\"{i}\"}} {}", field(c).load(Relaxed));
             }
+        }
+        let b = &self.bus;
+        let bus: [(&str, &str, &AtomicU64); 11] = [
+            (
+                "chat_redis_round_trips_total",
+                "Pipelined round trips of the publish step.",
+                &b.redis_round_trips,
+            ),
+            (
+                "chat_redis_published_total",
+                "Messages carried by those round trips.",
+                &b.redis_messages,
+            ),
+            (
+                "chat_redis_retries_total",
+                "Redis requests retried after a failure.",
+                &b.redis_retries,
+            ),
+            (
+                "chat_redis_disconnects_total",
+                "Redis links lost.",
+                &b.redis_disconnects,
+            ),
+            (
+                "chat_pubsub_messages_total",
+                "Messages received through Redis pub/sub.",
+                &b.pubsub_messages,
+            ),
+            (
+                "chat_gap_fills_total",
+                "Gaps in a room's stream filled from the Redis cache.",
+                &b.gap_fills,
+            ),
+            (
+                "chat_gap_messages_total",
+                "Messages delivered by gap fills.",
+                &b.gap_messages,
+            ),
+            (
+                "chat_gap_unrecoverable_total",
+                "Gaps the cache could no longer fill.",
+                &b.gap_unrecoverable,
+            ),
+            (
+                "chat_kafka_delivered_total",
+                "Messages Kafka confirmed (acks=all).",
+                &b.kafka_delivered,
+            ),
+            (
+                "chat_kafka_failed_total",
+                "Messages Kafka did not take in time (no ack sent).",
+                &b.kafka_failed,
+            ),
+            (
+                "chat_unavailable_total",
+                "Sends refused because the Kafka backlog was full.",
+                &b.unavailable,
+            ),
+        ];
+        for (name, help, v) in bus {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                v.load(Relaxed)
+            );
         }
         let _ = writeln!(out, "# HELP chat_draining 1 while the server drains after SIGTERM.\n# TYPE chat_draining gauge\nchat_draining {}", draining as u8);
         let p = process_stats();

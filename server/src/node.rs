@@ -10,8 +10,11 @@ use std::sync::Arc;
 pub struct Node {
     pub config: Config,
     pub threads: usize,
-    /// One inbox per core; `mailboxes[i]` belongs to core `i`.
+    /// One inbox per core; `mailboxes[i]` belongs to core `i`. In cluster mode one more, last:
+    /// the cluster bus thread's.
     pub mailboxes: Arc<[Mailbox]>,
+    /// Cluster mode: rooms are ordered by Redis through the bus thread.
+    pub cluster: bool,
     pub metrics: Metrics,
     /// Random per process: part of every message id this process assigns.
     pub node_id: u64,
@@ -19,15 +22,36 @@ pub struct Node {
 }
 
 impl Node {
-    pub fn new(config: Config, threads: usize) -> Arc<Node> {
+    pub fn new(config: Config, threads: usize, cluster: bool) -> Arc<Node> {
         Arc::new(Node {
             config,
             threads,
-            mailboxes: (0..threads).map(|_| Mailbox::default()).collect(),
+            mailboxes: (0..threads + cluster as usize)
+                .map(|_| Mailbox::default())
+                .collect(),
+            cluster,
             metrics: Metrics::new(threads),
             node_id: fastrand::u64(..),
             draining: AtomicBool::new(false),
         })
+    }
+
+    /// Where requests about a room or user channel go: its owner core, or the cluster bus.
+    pub fn route(&self, name: &str) -> crate::fanout::CoreId {
+        if self.cluster {
+            self.threads
+        } else {
+            crate::fanout::owner_of(name, self.threads)
+        }
+    }
+
+    /// Where a user's channel lives (kept apart from a room of the same name).
+    pub fn route_user(&self, user: &str) -> crate::fanout::CoreId {
+        if self.cluster {
+            self.threads
+        } else {
+            crate::fanout::user_owner(user, self.threads)
+        }
     }
 
     /// True after SIGTERM: health is 503, no new WebSockets, new sends get `unavailable`.

@@ -379,10 +379,21 @@ impl Msg<'_> {
     /// `{"type":"msg","room":R,"seq":S,"id":ID,"from":U,"ts":MS,"body":B,"cid":C}`
     pub fn encode(&self, out: &mut BytesMut) {
         out.reserve(96 + self.room.len() + self.id.len() + self.body.len() + self.cid.len());
+        self.encode_head(out);
+        put_u64(out, self.seq);
+        self.encode_tail(out);
+    }
+
+    /// The JSON before the seq: `{"type":"msg","room":R,"seq":`.
+    pub fn encode_head(&self, out: &mut BytesMut) {
         out.put_slice(b"{\"type\":\"msg\",\"room\":");
         put_json_str(out, self.room);
         out.put_slice(b",\"seq\":");
-        put_u64(out, self.seq);
+    }
+
+    /// The JSON after the seq: `,"id":ID,...}`. A store that assigns the seq itself (the Redis
+    /// Lua step) joins head, seq and tail without parsing anything.
+    pub fn encode_tail(&self, out: &mut BytesMut) {
         out.put_slice(b",\"id\":");
         put_json_str(out, self.id);
         out.put_slice(b",\"from\":");
@@ -661,6 +672,24 @@ mod tests {
         assert_eq!(v["ts"], 1_700_000_000_000u64);
         assert_eq!(v["body"], body);
         assert_eq!(v["cid"], "c\"1");
+    }
+
+    #[test]
+    fn head_seq_tail_is_the_whole_msg() {
+        let m = Msg {
+            room: "r\"x",
+            seq: 77,
+            id: "i",
+            from: "u",
+            ts: 5,
+            body: "b",
+            cid: "c",
+        };
+        let (mut head, mut tail, mut whole) = (BytesMut::new(), BytesMut::new(), BytesMut::new());
+        m.encode_head(&mut head);
+        m.encode_tail(&mut tail);
+        m.encode(&mut whole);
+        assert_eq!([&head[..], b"77", &tail[..]].concat(), &whole[..]);
     }
 
     #[test]

@@ -91,6 +91,8 @@ struct Remembered {
 
 /// The rooms and user channels one core owns.
 pub struct RoomShard {
+    /// Cores in the process (to find user channels' owners).
+    cores: usize,
     cfg: MemoryConfig,
     rooms: AHashMap<Name, RoomState>,
     users: AHashMap<Name, CoreSet>,
@@ -104,8 +106,9 @@ pub struct RoomShard {
 }
 
 impl RoomShard {
-    pub fn new(core: CoreId, node_id: u64, cfg: MemoryConfig) -> Self {
+    pub fn new(core: CoreId, cores: usize, node_id: u64, cfg: MemoryConfig) -> Self {
         RoomShard {
+            cores,
             cfg,
             rooms: AHashMap::new(),
             users: AHashMap::new(),
@@ -234,7 +237,7 @@ impl RoomShard {
         let id: Name = format!("{}{:x}", self.id_prefix, self.next_id).into();
         self.next_id += 1;
         let history_len = self.cfg.history_len;
-        let cores = out.cores();
+        let cores = self.cores;
         let state = self.room(&req.room);
         state.seq += 1;
         let seq = state.seq;

@@ -2,8 +2,11 @@
 //! recent ones and hands each to every core with members.
 //!
 //! * [`memory`]: standalone mode, every room owned by one core of this process.
+//! * [`cluster`] and [`redis`]: cluster mode, every room ordered by Redis (one Lua step for
+//!   seq + recent cache + publish, pub/sub between nodes), then made durable in Kafka.
 //!
-//! Cluster mode (Redis: one Lua step for seq + recent cache + publish, pub/sub between nodes)
-//! takes the same requests and produces the same replies.
+//! Both take the same requests from the cores and produce the same replies.
 
+pub mod cluster;
 pub mod memory;
+pub mod redis;

@@ -1,0 +1,1080 @@
+//! Cluster mode: one thread per node that speaks to Redis and Kafka for all of its cores.
+//!
+//! The cores never touch a tokio-based client: in cluster mode the bus thread is simply one more
+//! mailbox (index `threads`), and every request a core would send a room's owner core goes
+//! there instead. Answers come back through the cores' mailboxes exactly as in standalone mode.
+//!
+//! **Publishing.** Each core has a publisher task here. It takes everything that core sent
+//! since its last round trip (one batch per event-loop turn of the core, several if they piled
+//! up), runs one `EVALSHA` of [`PUBLISH_LUA`](super::redis::PUBLISH_LUA) per message as one
+//! pipeline (seq + recent cache + dedupe + publish, atomically per message), produces every
+//! result to Kafka, and moves on to the next batch at once. A separate task waits for the
+//! deliveries and sends the acks, in order. A core's batches go out one after the other, so a
+//! connection's messages get increasing seqs in the order it sent them, even across retries.
+//!
+//! **Receiving.** The node subscribes to a room's channel while any of its cores has members,
+//! and to a user's channel while the user is connected. Messages are framed once and handed to
+//! the cores with members. Per room the bus remembers the last seq it passed on; a message that
+//! skips ahead (a lost link, a missed publish) is held while the missing ones are read from the
+//! room's recent cache, so cores see every room as a dense, ordered stream. When the link drops
+//! the bus notes it, and once Redis answers again compares each room's latest seq with the last
+//! one delivered and fills the difference.
+
+use super::memory::{CoreSet, FetchKind, PublishRequest};
+use super::redis::{self as keys, RedisConn, PUBLISH_LUA, READ_AFTER_LUA};
+use crate::fanout::{Channel, CoreId, CoreMsg, Name, Reply, ReplyTo};
+use crate::log::kafka::{Delivery, KafkaConfig, KafkaLog};
+use crate::metrics::{add, inc};
+use crate::node::Node;
+use ahash::AHashMap;
+use bytes::{Bytes, BytesMut};
+use chat_wire::frame::{encode_frame, OpCode};
+use chat_wire::protocol::{reply, ErrorCode, Msg, RequestError};
+use futures_util::stream::{FuturesOrdered, StreamExt};
+use futures_util::FutureExt;
+use redis::{PushInfo, PushKind, RedisResult, Value};
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// Settings of cluster mode.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// One Redis URL, or several seeds of a Redis Cluster.
+    pub redis: Vec<String>,
+    pub kafka: Option<KafkaConfig>,
+    /// Recent messages kept per room in Redis.
+    pub history_len: usize,
+    pub dedupe_ttl_secs: u64,
+}
+
+/// Connects to Redis (and Kafka), then runs the bus on a thread of its own. Fails when Redis
+/// cannot be reached within `connect_timeout`.
+pub fn start(
+    node: Arc<Node>,
+    cfg: ClusterConfig,
+    connect_timeout: Duration,
+) -> Result<std::thread::JoinHandle<()>, String> {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
+    let handle = std::thread::Builder::new()
+        .name("cluster-bus".into())
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("tokio runtime");
+            let local = tokio::task::LocalSet::new();
+            local.block_on(&rt, async move {
+                let bus = match Bus::connect(node, cfg, connect_timeout).await {
+                    Ok(bus) => {
+                        let _ = ready_tx.send(Ok(()));
+                        bus
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                bus.run().await;
+            });
+        })
+        .map_err(|e| e.to_string())?;
+    ready_rx
+        .recv()
+        .map_err(|_| "cluster bus thread died".to_string())??;
+    Ok(handle)
+}
+
+struct Bus {
+    node: Arc<Node>,
+    cfg: ClusterConfig,
+    redis: RedisConn,
+    pushes: RefCell<Option<mpsc::UnboundedReceiver<PushInfo>>>,
+    publish_sha: RefCell<String>,
+    read_sha: RefCell<String>,
+    kafka: Option<KafkaLog>,
+    state: RefCell<State>,
+    id_prefix: String,
+}
+
+#[derive(Default)]
+struct State {
+    rooms: AHashMap<Name, RoomTrack>,
+    users: AHashMap<Name, CoreSet>,
+    next_id: u64,
+    /// Set when the link dropped: rooms must be compared with Redis once it answers again.
+    resync_pending: bool,
+}
+
+/// What the node knows of one subscribed room.
+#[derive(Default)]
+struct RoomTrack {
+    cores: CoreSet,
+    /// The last seq handed to the cores (`None` until known).
+    last: Option<u64>,
+    /// Missing messages are being read from the cache; live ones wait in `held`.
+    filling: bool,
+    held: Vec<(u64, Bytes)>,
+}
+
+impl Bus {
+    async fn connect(
+        node: Arc<Node>,
+        cfg: ClusterConfig,
+        timeout: Duration,
+    ) -> Result<Rc<Bus>, String> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let (redis, pushes) = loop {
+            match RedisConn::connect(&cfg.redis).await {
+                Ok(c) => break c,
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    tracing::warn!(error = %e, "Redis not reachable yet; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => {
+                    return Err(format!(
+                        "cannot connect to Redis at {}: {e}",
+                        cfg.redis.join(",")
+                    ))
+                }
+            }
+        };
+        let publish_sha = redis
+            .load_script(PUBLISH_LUA)
+            .await
+            .map_err(|e| format!("SCRIPT LOAD: {e}"))?;
+        let read_sha = redis
+            .load_script(READ_AFTER_LUA)
+            .await
+            .map_err(|e| format!("SCRIPT LOAD: {e}"))?;
+        let kafka = match &cfg.kafka {
+            None => None,
+            Some(k) => {
+                let log = KafkaLog::new(k)?;
+                match log.check(Duration::from_secs(10)) {
+                    Ok(partitions) => {
+                        tracing::info!(brokers = %k.brokers, topic = %k.topic, partitions, "Kafka ready")
+                    }
+                    Err(e) => tracing::warn!(error = %e, "Kafka not ready yet; sends wait for it"),
+                }
+                Some(log)
+            }
+        };
+        tracing::info!(cluster = redis.is_cluster(), redis = %cfg.redis.join(","), "Redis ready");
+        Ok(Rc::new(Bus {
+            id_prefix: format!("{:016x}-", node.node_id),
+            node,
+            cfg,
+            redis,
+            pushes: RefCell::new(Some(pushes)),
+            publish_sha: RefCell::new(publish_sha),
+            read_sha: RefCell::new(read_sha),
+            kafka,
+            state: RefCell::new(State::default()),
+        }))
+    }
+}
+
+trait BusExt {
+    async fn run(self);
+}
+
+impl BusExt for Rc<Bus> {
+    async fn run(self) {
+        let bus_index = self.node.threads;
+        let publishers: Vec<mpsc::UnboundedSender<Vec<PublishRequest>>> = (0..self.node.threads)
+            .map(|core| {
+                let (tx, rx) = mpsc::unbounded_channel();
+                tokio::task::spawn_local(self.clone().publisher(core, rx));
+                tx
+            })
+            .collect();
+        let pushes = self.pushes.borrow_mut().take().expect("push receiver");
+        tokio::task::spawn_local(self.clone().receive(pushes));
+        loop {
+            let batch = self.node.mailboxes[bus_index].recv().await;
+            let mut per_core: Vec<Vec<PublishRequest>> =
+                (0..self.node.threads).map(|_| Vec::new()).collect();
+            for msg in batch {
+                match msg {
+                    CoreMsg::Publish(req) => per_core[req.reply.core].push(req),
+                    CoreMsg::Join {
+                        room,
+                        subscribe,
+                        reply,
+                    } => {
+                        tokio::task::spawn_local(self.clone().join(room, subscribe, reply));
+                    }
+                    CoreMsg::Fetch {
+                        room,
+                        kind,
+                        subscribe,
+                        reply,
+                    } => {
+                        tokio::task::spawn_local(self.clone().fetch(room, kind, subscribe, reply));
+                    }
+                    CoreMsg::Subscribe {
+                        channel: Channel::User(user),
+                        core,
+                    } => self.subscribe_user(user, core),
+                    CoreMsg::Unsubscribe { channel, core } => self.unsubscribe(channel, core),
+                    CoreMsg::Shutdown => {
+                        if let Some(k) = &self.kafka {
+                            k.flush(Duration::from_secs(5));
+                        }
+                    }
+                    other => tracing::error!(?other, "unexpected message on the cluster bus"),
+                }
+            }
+            for (core, reqs) in per_core.into_iter().enumerate() {
+                if !reqs.is_empty() {
+                    let _ = publishers[core].send(reqs);
+                }
+            }
+        }
+    }
+}
+
+impl Bus {
+    fn send(&self, core: CoreId, msgs: Vec<CoreMsg>) {
+        if !msgs.is_empty() {
+            self.node.mailboxes[core].send(msgs);
+        }
+    }
+
+    fn reply(&self, to: ReplyTo, reply: Reply) {
+        self.send(to.core, vec![CoreMsg::Reply { to, reply }]);
+    }
+
+    fn reply_error(&self, to: ReplyTo, code: ErrorCode, message: &str, cid: Option<&str>) {
+        let e = RequestError::new(code, message).with_cid(cid);
+        self.reply(to, Reply::Frames(vec![reply::error(&e)]));
+    }
+
+    /// Runs commands, retrying while Redis is unreachable (up to ~10 s).
+    async fn run_retrying(
+        &self,
+        cmds: &[(u16, redis::Cmd)],
+    ) -> RedisResult<Vec<RedisResult<Value>>> {
+        let mut wait = Duration::from_millis(20);
+        let mut tries = 0;
+        loop {
+            match self.redis.run(cmds).await {
+                Ok(r) => return Ok(r),
+                Err(e)
+                    if tries < 12
+                        && (e.is_io_error()
+                            || e.is_connection_dropped()
+                            || e.is_timeout()
+                            || e.is_unrecoverable_error()) =>
+                {
+                    tries += 1;
+                    inc(&self.node.metrics.bus.redis_retries);
+                    tracing::warn!(error = %e, tries, "Redis request failed; retrying");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(1));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// `EVALSHA` of a script, loading it again if Redis forgot it (a restart).
+    async fn eval(&self, read: bool, keys: &[String], args: &[Vec<u8>]) -> RedisResult<Value> {
+        for _ in 0..2 {
+            let sha = if read {
+                self.read_sha.borrow().clone()
+            } else {
+                self.publish_sha.borrow().clone()
+            };
+            let cmd = evalsha(&sha, keys, args);
+            let mut r = self
+                .run_retrying(&[(keys::key_slot(&keys[0]), cmd)])
+                .await?;
+            match r.pop().expect("one answer") {
+                Err(e) if e.code() == Some("NOSCRIPT") => self.reload_scripts().await?,
+                other => return other,
+            }
+        }
+        Err(redis::RedisError::from((
+            redis::ErrorKind::Io,
+            "script missing after reload",
+        )))
+    }
+
+    async fn reload_scripts(&self) -> RedisResult<()> {
+        *self.publish_sha.borrow_mut() = self.redis.load_script(PUBLISH_LUA).await?;
+        *self.read_sha.borrow_mut() = self.redis.load_script(READ_AFTER_LUA).await?;
+        Ok(())
+    }
+
+    fn next_id(&self) -> String {
+        let mut st = self.state.borrow_mut();
+        st.next_id += 1;
+        format!("{}{:x}", self.id_prefix, st.next_id)
+    }
+}
+
+/// One accepted message between its Lua step and its ack.
+struct Accepted {
+    reply: ReplyTo,
+    cid: Box<str>,
+    room: Name,
+    seq: u64,
+    id: String,
+}
+
+impl Bus {
+    async fn publisher(
+        self: Rc<Self>,
+        core: CoreId,
+        mut rx: mpsc::UnboundedReceiver<Vec<PublishRequest>>,
+    ) {
+        while let Some(mut batch) = rx.recv().await {
+            while let Ok(more) = rx.try_recv() {
+                batch.extend(more);
+            }
+            self.publish_batch(core, batch).await;
+        }
+    }
+
+    async fn publish_batch(self: &Rc<Self>, core: CoreId, batch: Vec<PublishRequest>) {
+        let metrics = &self.node.metrics.bus;
+        // Past the Kafka backlog: refuse before a seq is assigned.
+        let mut requests = Vec::with_capacity(batch.len());
+        let mut refused = Vec::new();
+        for req in batch {
+            let fits = self
+                .kafka
+                .as_ref()
+                .is_none_or(|k| k.has_room(requests.len() + 1));
+            if fits {
+                requests.push(req);
+            } else {
+                inc(&metrics.unavailable);
+                let e = RequestError::new(
+                    ErrorCode::Unavailable,
+                    "the durable log is not keeping up; retry later",
+                )
+                .with_cid(Some(&req.cid));
+                refused.push(CoreMsg::Reply {
+                    to: req.reply,
+                    reply: Reply::Frames(vec![reply::error(&e)]),
+                });
+            }
+        }
+        self.send(core, refused);
+        if requests.is_empty() {
+            return;
+        }
+
+        let ids: Vec<String> = requests.iter().map(|_| self.next_id()).collect();
+        let answers = loop {
+            let sha = self.publish_sha.borrow().clone();
+            let cmds: Vec<(u16, redis::Cmd)> = {
+                let st = self.state.borrow();
+                requests
+                    .iter()
+                    .zip(&ids)
+                    .map(|(req, id)| {
+                        let floor = st.rooms.get(&req.room).and_then(|t| t.last).unwrap_or(0);
+                        publish_cmd(&sha, req, id, floor, &self.cfg, self.redis.is_cluster())
+                    })
+                    .collect()
+            };
+            match self.run_retrying(&cmds).await {
+                Ok(answers)
+                    if answers
+                        .iter()
+                        .any(|a| matches!(a, Err(e) if e.code() == Some("NOSCRIPT"))) =>
+                {
+                    // Redis restarted and forgot the script. Nothing ran for these; retries of
+                    // ones that did run are answered from the dedupe key.
+                    if let Err(e) = self.reload_scripts().await {
+                        tracing::warn!(error = %e, "SCRIPT LOAD failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+                Ok(answers) => break answers,
+                Err(e) => {
+                    tracing::error!(error = %e, count = requests.len(), "Redis unavailable; refusing sends");
+                    let msgs = requests
+                        .iter()
+                        .map(|r| {
+                            let e = RequestError::new(
+                                ErrorCode::Unavailable,
+                                "Redis is unavailable; retry with the same cid",
+                            )
+                            .with_cid(Some(&r.cid));
+                            CoreMsg::Reply {
+                                to: r.reply,
+                                reply: Reply::Frames(vec![reply::error(&e)]),
+                            }
+                        })
+                        .collect();
+                    self.send(core, msgs);
+                    return;
+                }
+            }
+        };
+        inc(&metrics.redis_round_trips);
+        add(&metrics.redis_messages, requests.len() as u64);
+
+        let mut accepted = Vec::with_capacity(requests.len());
+        let mut deliveries = Vec::new();
+        let mut immediate = Vec::new();
+        for ((req, id), answer) in requests.into_iter().zip(ids).zip(answers) {
+            let (seq, msg) = match parse_publish(answer) {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::error!(room = %req.room, error = %e, "publish step failed");
+                    let err = RequestError::new(
+                        ErrorCode::Unavailable,
+                        "could not store the message; retry with the same cid",
+                    )
+                    .with_cid(Some(&req.cid));
+                    immediate.push(CoreMsg::Reply {
+                        to: req.reply,
+                        reply: Reply::Frames(vec![reply::error(&err)]),
+                    });
+                    continue;
+                }
+            };
+            // A retry: answer with the first message (its seq and id), after making sure Kafka
+            // has it (the first attempt may have died before producing).
+            let (seq, id) = match seq {
+                0 => match msg_seq_and_id(&msg) {
+                    Some(v) => v,
+                    None => continue,
+                },
+                s => (s, id),
+            };
+            if let Some(k) = &self.kafka {
+                deliveries.push(k.produce(&req.room, &msg));
+            }
+            accepted.push(Accepted {
+                reply: req.reply,
+                cid: req.cid,
+                room: req.room,
+                seq,
+                id,
+            });
+        }
+        self.send(core, immediate);
+        match &self.kafka {
+            None => {
+                let acks = accepted.iter().map(ack_msg).collect();
+                self.send(core, acks);
+            }
+            Some(_) => {
+                tokio::task::spawn_local(self.clone().ack_when_durable(core, accepted, deliveries));
+            }
+        }
+    }
+
+    /// Sends each ack once Kafka has the message, batching the ones that are ready together.
+    async fn ack_when_durable(
+        self: Rc<Self>,
+        core: CoreId,
+        accepted: Vec<Accepted>,
+        deliveries: Vec<Delivery>,
+    ) {
+        let metrics = &self.node.metrics.bus;
+        let mut pending: FuturesOrdered<_> = accepted
+            .into_iter()
+            .zip(deliveries)
+            .map(|(a, d)| async move { (a, d.wait().await) })
+            .collect();
+        let answer = |(a, result): (Accepted, Result<(), String>)| match result {
+            Ok(()) => {
+                inc(&metrics.kafka_delivered);
+                ack_msg(&a)
+            }
+            Err(e) => {
+                inc(&metrics.kafka_failed);
+                tracing::warn!(room = %a.room, seq = a.seq, error = %e, "not durable; no ack");
+                let err = RequestError::new(
+                    ErrorCode::Unavailable,
+                    format!("not durable ({e}); retry with the same cid"),
+                )
+                .with_cid(Some(&a.cid));
+                CoreMsg::Reply {
+                    to: a.reply,
+                    reply: Reply::Frames(vec![reply::error(&err)]),
+                }
+            }
+        };
+        while let Some(first) = pending.next().await {
+            let mut out = vec![answer(first)];
+            while let Some(Some(more)) = pending.next().now_or_never() {
+                out.push(answer(more));
+            }
+            self.send(core, out);
+        }
+    }
+}
+
+fn ack_msg(a: &Accepted) -> CoreMsg {
+    CoreMsg::Reply {
+        to: a.reply,
+        reply: Reply::Frames(vec![reply::ack(&a.cid, &a.room, a.seq, &a.id)]),
+    }
+}
+
+fn evalsha(sha: &str, keys: &[String], args: &[Vec<u8>]) -> redis::Cmd {
+    let mut cmd = redis::cmd("EVALSHA");
+    cmd.arg(sha).arg(keys.len());
+    for k in keys {
+        cmd.arg(k);
+    }
+    for a in args {
+        cmd.arg(&a[..]);
+    }
+    cmd
+}
+
+fn publish_cmd(
+    sha: &str,
+    req: &PublishRequest,
+    id: &str,
+    floor: u64,
+    cfg: &ClusterConfig,
+    cluster: bool,
+) -> (u16, redis::Cmd) {
+    let msg = Msg {
+        room: &req.room,
+        seq: 0,
+        id,
+        from: &req.from,
+        ts: req.ts,
+        body: &req.body,
+        cid: &req.cid,
+    };
+    let (mut head, mut tail) = (BytesMut::new(), BytesMut::new());
+    msg.encode_head(&mut head);
+    msg.encode_tail(&mut tail);
+    let seq_key = keys::seq_key(&req.room);
+    let slot = keys::key_slot(&seq_key);
+    let keys = [
+        seq_key,
+        keys::log_key(&req.room),
+        keys::dedupe_key(&req.room, &req.from, &req.cid),
+    ];
+    let mut args: Vec<Vec<u8>> = vec![
+        head.to_vec(),
+        tail.to_vec(),
+        floor.to_string().into_bytes(),
+        cfg.history_len.max(1).to_string().into_bytes(),
+        cfg.dedupe_ttl_secs.max(1).to_string().into_bytes(),
+        if cluster {
+            b"s".to_vec()
+        } else {
+            b"p".to_vec()
+        },
+    ];
+    match &req.dm {
+        None => args.push(keys::room_channel(&req.room).into_bytes()),
+        Some((a, b)) => {
+            args.push(Vec::new());
+            args.push(keys::user_channel(a).into_bytes());
+            args.push(keys::user_channel(b).into_bytes());
+        }
+    }
+    (slot, evalsha(sha, &keys, &args))
+}
+
+/// `{seq, msg}` from the publish step.
+fn parse_publish(answer: RedisResult<Value>) -> Result<(u64, Vec<u8>), String> {
+    match answer.map_err(|e| e.to_string())? {
+        Value::Array(items) if items.len() == 2 => {
+            let mut it = items.into_iter();
+            let seq = match it.next() {
+                Some(Value::Int(s)) if s >= 0 => s as u64,
+                other => return Err(format!("unexpected seq {other:?}")),
+            };
+            match it.next() {
+                Some(Value::BulkString(m)) => Ok((seq, m)),
+                other => Err(format!("unexpected msg {other:?}")),
+            }
+        }
+        other => Err(format!("unexpected answer {other:?}")),
+    }
+}
+
+/// The fields of a stored `msg` the bus needs to route it.
+#[derive(serde::Deserialize)]
+struct MsgHead<'a> {
+    #[serde(borrow)]
+    room: std::borrow::Cow<'a, str>,
+    seq: u64,
+    #[serde(borrow)]
+    id: std::borrow::Cow<'a, str>,
+}
+
+fn msg_head(json: &[u8]) -> Option<MsgHead<'_>> {
+    serde_json::from_slice(json).ok()
+}
+
+fn msg_seq_and_id(json: &[u8]) -> Option<(u64, String)> {
+    msg_head(json).map(|h| (h.seq, h.id.into_owned()))
+}
+
+// ---- joins, history, resume ----
+
+impl Bus {
+    /// Makes the node subscribed to `room` for `core`; returns once Redis confirmed.
+    async fn subscribe_room(&self, room: &Name, core: CoreId) -> RedisResult<()> {
+        let first = {
+            let mut st = self.state.borrow_mut();
+            let track = st.rooms.entry(room.clone()).or_default();
+            let first = track.cores.is_empty();
+            track.cores.insert(core);
+            first
+        };
+        if first {
+            self.redis.subscribe_room(&keys::room_channel(room)).await?;
+        }
+        Ok(())
+    }
+
+    async fn join(self: Rc<Self>, room: Name, subscribe: bool, to: ReplyTo) {
+        if subscribe {
+            if let Err(e) = self.subscribe_room(&room, to.core).await {
+                tracing::warn!(%room, error = %e, "SUBSCRIBE failed");
+            }
+        }
+        let mut get = redis::cmd("GET");
+        get.arg(keys::seq_key(&room));
+        let slot = keys::key_slot(&keys::seq_key(&room));
+        match self.run_retrying(&[(slot, get)]).await.map(|mut v| v.pop()) {
+            Ok(Some(Ok(v))) => {
+                let seq = value_u64(&v);
+                if subscribe {
+                    let mut st = self.state.borrow_mut();
+                    if let Some(t) = st.rooms.get_mut(&room) {
+                        t.last = Some(t.last.unwrap_or(0).max(seq));
+                    }
+                }
+                self.reply(to, Reply::Joined { room, seq });
+            }
+            other => {
+                tracing::warn!(%room, ?other, "join failed");
+                self.reply_error(
+                    to,
+                    ErrorCode::Unavailable,
+                    "Redis is unavailable; retry",
+                    None,
+                );
+            }
+        }
+    }
+
+    async fn fetch(self: Rc<Self>, room: Name, kind: FetchKind, subscribe: bool, to: ReplyTo) {
+        if subscribe {
+            if let Err(e) = self.subscribe_room(&room, to.core).await {
+                tracing::warn!(%room, error = %e, "SUBSCRIBE failed");
+            }
+        }
+        match kind {
+            FetchKind::History { before, limit } => {
+                let end = match before {
+                    Some(0) | Some(1) => {
+                        self.reply(
+                            to,
+                            Reply::Frames(vec![reply::history(&room, std::iter::empty::<&[u8]>())]),
+                        );
+                        return;
+                    }
+                    Some(b) => format!("{}-0", b - 1),
+                    None => "+".into(),
+                };
+                let mut cmd = redis::cmd("XREVRANGE");
+                cmd.arg(keys::log_key(&room))
+                    .arg(end)
+                    .arg("-")
+                    .arg("COUNT")
+                    .arg(limit);
+                let slot = keys::key_slot(&keys::log_key(&room));
+                match self.run_retrying(&[(slot, cmd)]).await.map(|mut v| v.pop()) {
+                    Ok(Some(Ok(v))) => {
+                        let mut msgs = stream_messages(v);
+                        msgs.reverse();
+                        self.reply(
+                            to,
+                            Reply::Frames(vec![reply::history(&room, msgs.iter().map(|m| &m[..]))]),
+                        );
+                    }
+                    other => {
+                        tracing::warn!(%room, ?other, "history failed");
+                        self.reply_error(
+                            to,
+                            ErrorCode::Unavailable,
+                            "Redis is unavailable; retry",
+                            None,
+                        );
+                    }
+                }
+            }
+            FetchKind::Resume { after } => {
+                let keys = [keys::seq_key(&room), keys::log_key(&room)];
+                let first = after.saturating_add(1);
+                match self
+                    .eval(true, &keys, &[first.to_string().into_bytes()])
+                    .await
+                {
+                    Ok(Value::Array(parts)) if parts.len() == 2 => {
+                        let latest = value_u64(&parts[0]);
+                        let msgs: Vec<Vec<u8>> = match &parts[1] {
+                            Value::Array(items) => items.iter().filter_map(bulk).collect(),
+                            _ => Vec::new(),
+                        };
+                        let first_seq = msgs.first().and_then(|m| msg_head(m)).map(|h| h.seq);
+                        let complete = match first_seq {
+                            Some(s) => s == first,
+                            None => latest <= after,
+                        };
+                        if subscribe {
+                            let mut st = self.state.borrow_mut();
+                            if let Some(t) = st.rooms.get_mut(&room) {
+                                t.last = Some(t.last.unwrap_or(0).max(latest));
+                            }
+                        }
+                        let frames = msgs.iter().map(|m| encode_frame(OpCode::Text, m)).collect();
+                        self.reply(
+                            to,
+                            Reply::Resumed {
+                                room,
+                                seq: latest,
+                                messages: frames,
+                                complete,
+                            },
+                        );
+                    }
+                    other => {
+                        tracing::warn!(%room, ?other, "resume failed");
+                        self.reply_error(
+                            to,
+                            ErrorCode::Unavailable,
+                            "Redis is unavailable; retry",
+                            None,
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    fn subscribe_user(self: &Rc<Self>, user: Name, core: CoreId) {
+        let first = {
+            let mut st = self.state.borrow_mut();
+            let set = st.users.entry(user.clone()).or_default();
+            let first = set.is_empty();
+            set.insert(core);
+            first
+        };
+        if first {
+            let bus = self.clone();
+            tokio::task::spawn_local(async move {
+                if let Err(e) = bus.redis.subscribe_user(&keys::user_channel(&user)).await {
+                    tracing::warn!(%user, error = %e, "SUBSCRIBE failed");
+                }
+            });
+        }
+    }
+
+    fn unsubscribe(self: &Rc<Self>, channel: Channel, core: CoreId) {
+        let mut st = self.state.borrow_mut();
+        let gone = match &channel {
+            Channel::Room(room) => match st.rooms.get_mut(room) {
+                Some(t) => {
+                    t.cores.remove(core);
+                    let empty = t.cores.is_empty();
+                    if empty {
+                        st.rooms.remove(room);
+                    }
+                    empty
+                }
+                None => false,
+            },
+            Channel::User(user) => match st.users.get_mut(user) {
+                Some(set) => {
+                    set.remove(core);
+                    let empty = set.is_empty();
+                    if empty {
+                        st.users.remove(user);
+                    }
+                    empty
+                }
+                None => false,
+            },
+        };
+        drop(st);
+        if gone {
+            let bus = self.clone();
+            tokio::task::spawn_local(async move {
+                let r = match &channel {
+                    Channel::Room(room) => {
+                        bus.redis.unsubscribe_room(&keys::room_channel(room)).await
+                    }
+                    Channel::User(user) => {
+                        bus.redis.unsubscribe_user(&keys::user_channel(user)).await
+                    }
+                };
+                if let Err(e) = r {
+                    tracing::warn!(?channel, error = %e, "UNSUBSCRIBE failed");
+                }
+            });
+        }
+    }
+}
+
+fn value_u64(v: &Value) -> u64 {
+    match v {
+        Value::Int(i) => (*i).max(0) as u64,
+        Value::BulkString(b) => std::str::from_utf8(b)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0),
+        Value::SimpleString(s) => s.parse().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+fn bulk(v: &Value) -> Option<Vec<u8>> {
+    match v {
+        Value::BulkString(b) => Some(b.clone()),
+        _ => None,
+    }
+}
+
+/// The `m` fields of `XRANGE`/`XREVRANGE` entries, in the order given.
+fn stream_messages(v: Value) -> Vec<Vec<u8>> {
+    let Value::Array(entries) = v else {
+        return Vec::new();
+    };
+    entries
+        .into_iter()
+        .filter_map(|e| match e {
+            Value::Array(mut parts) if parts.len() == 2 => match parts.pop() {
+                Some(Value::Array(fields)) => fields.get(1).and_then(bulk),
+                Some(Value::Map(fields)) => fields.first().and_then(|(_, v)| bulk(v)),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect()
+}
+
+// ---- receiving ----
+
+impl Bus {
+    async fn receive(self: Rc<Self>, mut pushes: mpsc::UnboundedReceiver<PushInfo>) {
+        let threads = self.node.threads;
+        loop {
+            let Some(first) = pushes.recv().await else {
+                return;
+            };
+            let mut out: Vec<Vec<CoreMsg>> = (0..threads).map(|_| Vec::new()).collect();
+            self.on_push(first, &mut out);
+            while let Ok(more) = pushes.try_recv() {
+                self.on_push(more, &mut out);
+            }
+            for (core, msgs) in out.into_iter().enumerate() {
+                self.send(core, msgs);
+            }
+        }
+    }
+
+    fn on_push(self: &Rc<Self>, push: PushInfo, out: &mut [Vec<CoreMsg>]) {
+        match push.kind {
+            PushKind::Message | PushKind::SMessage => {
+                let mut data = push.data.into_iter();
+                let (Some(Value::BulkString(channel)), Some(Value::BulkString(payload))) =
+                    (data.next(), data.next())
+                else {
+                    return;
+                };
+                inc(&self.node.metrics.bus.pubsub_messages);
+                let Some(head) = msg_head(&payload) else {
+                    tracing::warn!(
+                        "unparsable message on {}",
+                        String::from_utf8_lossy(&channel)
+                    );
+                    return;
+                };
+                let (room, seq): (Name, u64) = (head.room.as_ref().into(), head.seq);
+                let frame = encode_frame(OpCode::Text, &payload);
+                if let Some(user) = keys::user_of_channel(&channel) {
+                    let st = self.state.borrow();
+                    if let Some(set) = st.users.get(user) {
+                        let user: Name = user.into();
+                        for core in set.iter() {
+                            let channel = Channel::User(user.clone());
+                            out[core].push(CoreMsg::Deliver {
+                                channel,
+                                room: room.clone(),
+                                seq,
+                                frame: frame.clone(),
+                            });
+                        }
+                    }
+                } else if keys::room_of_channel(&channel).is_some() {
+                    self.on_room_message(room, seq, frame, out);
+                }
+            }
+            PushKind::Disconnection => {
+                inc(&self.node.metrics.bus.redis_disconnects);
+                tracing::warn!("Redis link lost; will compare rooms with Redis once it is back");
+                let start = !std::mem::replace(&mut self.state.borrow_mut().resync_pending, true);
+                if start {
+                    tokio::task::spawn_local(self.clone().resync());
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Passes a room message on in seq order, or holds it while a gap is filled.
+    fn on_room_message(
+        self: &Rc<Self>,
+        room: Name,
+        seq: u64,
+        frame: Bytes,
+        out: &mut [Vec<CoreMsg>],
+    ) {
+        let mut st = self.state.borrow_mut();
+        let Some(track) = st.rooms.get_mut(&room) else {
+            return;
+        };
+        if track.filling {
+            track.held.push((seq, frame));
+            return;
+        }
+        match track.last {
+            Some(last) if seq <= last => {}
+            Some(last) if seq > last + 1 => {
+                track.filling = true;
+                track.held.push((seq, frame));
+                tokio::task::spawn_local(self.clone().fill(room, last + 1));
+            }
+            _ => {
+                track.last = Some(seq);
+                for core in track.cores.iter() {
+                    out[core].push(CoreMsg::Deliver {
+                        channel: Channel::Room(room.clone()),
+                        room: room.clone(),
+                        seq,
+                        frame: frame.clone(),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Reads the messages from `from` on out of the cache and passes them on, then what was held.
+    async fn fill(self: Rc<Self>, room: Name, from: u64) {
+        inc(&self.node.metrics.bus.gap_fills);
+        let mut cmd = redis::cmd("XRANGE");
+        cmd.arg(keys::log_key(&room))
+            .arg(format!("{from}-0"))
+            .arg("+");
+        let slot = keys::key_slot(&keys::log_key(&room));
+        let cached = match self.run_retrying(&[(slot, cmd)]).await.map(|mut v| v.pop()) {
+            Ok(Some(Ok(v))) => stream_messages(v),
+            other => {
+                tracing::warn!(%room, ?other, "gap fill failed");
+                Vec::new()
+            }
+        };
+        let mut out: Vec<Vec<CoreMsg>> = (0..self.node.threads).map(|_| Vec::new()).collect();
+        {
+            let mut st = self.state.borrow_mut();
+            let Some(track) = st.rooms.get_mut(&room) else {
+                return;
+            };
+            let mut items: Vec<(u64, Bytes)> = cached
+                .iter()
+                .filter_map(|m| msg_head(m).map(|h| (h.seq, encode_frame(OpCode::Text, m))))
+                .collect();
+            items.append(&mut track.held);
+            items.sort_by_key(|(s, _)| *s);
+            let mut last = track.last.unwrap_or(0);
+            if items.first().is_some_and(|(s, _)| *s > last + 1) {
+                inc(&self.node.metrics.bus.gap_unrecoverable);
+                tracing::warn!(%room, after = last, next = items[0].0, "messages missing from the cache too; members must resume");
+            }
+            for (seq, frame) in items {
+                if seq <= last {
+                    continue;
+                }
+                last = seq;
+                add(&self.node.metrics.bus.gap_messages, 1);
+                for core in track.cores.iter() {
+                    out[core].push(CoreMsg::Deliver {
+                        channel: Channel::Room(room.clone()),
+                        room: room.clone(),
+                        seq,
+                        frame: frame.clone(),
+                    });
+                }
+            }
+            track.last = Some(last);
+            track.filling = false;
+        }
+        for (core, msgs) in out.into_iter().enumerate() {
+            self.send(core, msgs);
+        }
+    }
+
+    /// After a lost link: once Redis answers, fill every room whose latest seq moved on.
+    async fn resync(self: Rc<Self>) {
+        let mut wait = Duration::from_millis(100);
+        loop {
+            tokio::time::sleep(wait).await;
+            let rooms: Vec<(Name, u64)> = {
+                let st = self.state.borrow();
+                st.rooms
+                    .iter()
+                    .filter_map(|(r, t)| t.last.map(|l| (r.clone(), l)))
+                    .collect()
+            };
+            let cmds: Vec<(u16, redis::Cmd)> = rooms
+                .iter()
+                .map(|(r, _)| {
+                    let mut c = redis::cmd("GET");
+                    c.arg(keys::seq_key(r));
+                    (keys::key_slot(&keys::seq_key(r)), c)
+                })
+                .collect();
+            match self.redis.run(&cmds).await {
+                Ok(answers) => {
+                    self.state.borrow_mut().resync_pending = false;
+                    for ((room, last), answer) in rooms.into_iter().zip(answers) {
+                        let latest = answer.map(|v| value_u64(&v)).unwrap_or(0);
+                        let start = {
+                            let mut st = self.state.borrow_mut();
+                            match st.rooms.get_mut(&room) {
+                                Some(t) if latest > last && !t.filling => {
+                                    t.filling = true;
+                                    true
+                                }
+                                _ => false,
+                            }
+                        };
+                        if start {
+                            tokio::task::spawn_local(self.clone().fill(room, last + 1));
+                        }
+                    }
+                    tracing::info!("Redis link back; rooms compared");
+                    return;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "Redis still unreachable");
+                    wait = (wait * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }
+}
