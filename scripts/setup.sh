@@ -4,13 +4,17 @@
 #
 #   scripts/setup.sh            build tools, Redis, PostgreSQL
 #   scripts/setup.sh --browser  also Chromium + chromedriver (for the browser test)
+#   scripts/setup.sh --broker   also the tansu Kafka broker (scripts/broker.sh install; the
+#                               first install compiles it, ~20 min; later runs skip it)
 set -euo pipefail
 
 want_browser=0
+want_broker=0
 for arg in "$@"; do
   case "$arg" in
     --browser) want_browser=1 ;;
-    *) echo "usage: $0 [--browser]" >&2; exit 2 ;;
+    --broker) want_broker=1 ;;
+    *) echo "usage: $0 [--browser] [--broker]" >&2; exit 2 ;;
   esac
 done
 
@@ -46,5 +50,9 @@ if command -v rustup >/dev/null 2>&1; then
   for c in rustfmt clippy; do
     rustup component list --installed 2>/dev/null | grep -q "^$c" || rustup component add "$c" || true
   done
+fi
+if [ "$want_broker" = 1 ]; then
+  tansu=$("$(dirname "$0")/broker.sh" install)
+  echo "setup: tansu broker at $tansu"
 fi
 echo "setup: ok ($(cargo --version))"

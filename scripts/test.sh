@@ -7,14 +7,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-scripts/setup.sh --browser
+scripts/setup.sh --browser --broker
 scripts/services.sh
 if [ -n "${CI:-}" ] && [ -z "${CARGO_TARGET_DIR:-}" ]; then
   export CARGO_TARGET_DIR=/var/cache/chat-backend/target
   mkdir -p "$CARGO_TARGET_DIR"
 fi
-# The browser test must run here, not skip: the packages were just installed.
+# The browser and broker tests must run here, not skip: both were just installed.
 export CHAT_REQUIRE_BROWSER=1
+export CHAT_REQUIRE_BROKER=1
+CHAT_TANSU=$(scripts/broker.sh path)
+export CHAT_TANSU
 
 start=$(date +%s)
 echo "== cargo fmt --check"

@@ -377,7 +377,7 @@ mod tests {
                 dedupe_capacity: 1000,
             };
             Harness {
-                shard: RoomShard::new(0, 7, cfg),
+                shard: RoomShard::new(0, 1, 7, cfg),
                 out: Outbox::new(boxes.clone()),
                 boxes,
             }

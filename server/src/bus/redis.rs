@@ -287,7 +287,7 @@ mod tests {
         assert_eq!(
             key_slot(&seq_key("a}b")),
             key_slot(&dedupe_key("a}b", "u", "c")),
-            "a } in the name"
+            "a }} in the name"
         );
         assert_eq!(
             key_slot("foo{}{bar}"),
