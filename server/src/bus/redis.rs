@@ -7,7 +7,7 @@
 //! | key | what |
 //! | --- | --- |
 //! | `chat:{R}:seq` | the room's latest seq |
-//! | `chat:{R}:log` | recent messages: a stream capped near `--history-len`, entry id `<seq>-0`, field `m` = the `msg` JSON |
+//! | `chat:{R}:log` | recent messages: a stream capped at `--history-len` (exact trim, so resume knows what it holds), entry id `<seq>-0`, field `m` = the `msg` JSON |
 //! | `chat:{R}:c:<from>:<cid>` | the first `msg` JSON sent with this `(from, cid)`, for the dedupe window |
 //! | `chat:{R}:ch` | the room's channel (sharded pub/sub on a cluster) |
 //! | `chat:u:{U}` | user U's channel: direct messages (plain pub/sub, which a cluster broadcasts) |
@@ -39,7 +39,7 @@ else
   redis.call('SET', KEYS[1], seq)
 end
 local msg = ARGV[1] .. seq .. ARGV[2]
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], seq .. '-0', 'm', msg)
+redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[4], seq .. '-0', 'm', msg)
 redis.call('SET', KEYS[3], msg, 'EX', ARGV[5])
 if ARGV[7] ~= '' then
   if ARGV[6] == 's' then redis.call('SPUBLISH', ARGV[7], msg) else redis.call('PUBLISH', ARGV[7], msg) end
