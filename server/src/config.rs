@@ -92,6 +92,11 @@ pub struct Config {
     #[arg(long, env = "CHAT_KAFKA_LINGER_MS", default_value_t = 1)]
     pub kafka_linger_ms: u64,
 
+    /// PostgreSQL written by the persister (`postgres://user@host/db`): `history` and `resume`
+    /// read past the Redis cache from it. Needs `--redis`.
+    #[arg(long, env = "CHAT_POSTGRES_URL")]
+    pub postgres: Option<String>,
+
     /// Seconds to keep serving after SIGTERM (health turns 503, new sends get `unavailable`)
     /// before connections are closed with 1001.
     #[arg(long, env = "CHAT_DRAIN_GRACE", default_value_t = 2.0)]
@@ -115,6 +120,9 @@ impl Config {
         }
         if self.idle_ping == 0 {
             return Err("--idle-ping must be at least 1 second".into());
+        }
+        if self.postgres.is_some() && self.redis.is_empty() {
+            return Err("--postgres needs --redis (cluster mode)".into());
         }
         if self.kafka.is_some() && self.redis.is_empty() {
             return Err("--kafka needs --redis (cluster mode)".into());

@@ -15,6 +15,7 @@ mod log;
 mod metrics;
 mod node;
 mod ops;
+mod store;
 
 use clap::Parser;
 use node::Node;
@@ -135,6 +136,7 @@ fn cluster_config(config: &config::Config) -> Option<bus::cluster::ClusterConfig
         kafka,
         history_len: config.history_len,
         dedupe_ttl_secs: config.dedupe_window,
+        postgres: config.postgres.clone(),
     })
 }
 

@@ -375,6 +375,33 @@ async fn a_redis_restart_during_traffic_loses_nothing_and_keeps_order() {
 }
 
 #[tokio::test]
+async fn redis_losing_its_data_does_not_reuse_a_seq() {
+    let redis = std::sync::Arc::new(std::sync::Mutex::new(RedisServer::start()));
+    let url = redis.lock().unwrap().url();
+    let n = nodes(2, &url, &[]);
+    let r = redis.clone();
+    let (acked, seen) = traffic_through(&n, "amnesia", 150, move || {
+        r.lock().unwrap().flushall_and_restart_without_data();
+    })
+    .await;
+    // The nodes remember the highest seq they saw; seqs continue from there.
+    let unique: HashSet<u64> = acked.iter().copied().collect();
+    assert_eq!(
+        unique.len(),
+        acked.len(),
+        "no seq given to two messages: {acked:?}"
+    );
+    assert!(
+        acked.windows(2).all(|w| w[1] > w[0]),
+        "increasing in send order: {acked:?}"
+    );
+    assert_eq!(
+        seen, acked,
+        "the receiving node delivered every acked message, in order, once"
+    );
+}
+
+#[tokio::test]
 async fn a_cut_link_is_noticed_and_the_gap_filled_from_the_cache() {
     let redis = RedisServer::start();
     let n = nodes(2, &redis.url(), &[]);

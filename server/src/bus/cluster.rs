@@ -26,6 +26,7 @@ use crate::fanout::{Channel, CoreId, CoreMsg, Name, Reply, ReplyTo};
 use crate::log::kafka::{Delivery, KafkaConfig, KafkaLog};
 use crate::metrics::{add, inc};
 use crate::node::Node;
+use crate::store::postgres::PgStore;
 use ahash::AHashMap;
 use bytes::{Bytes, BytesMut};
 use chat_wire::frame::{encode_frame, OpCode};
@@ -39,6 +40,10 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
+/// Most messages one `resume` reads from PostgreSQL (the newest of the missing range); beyond
+/// it the reply says `complete: false`.
+const RESUME_FROM_STORE_MAX: u32 = 10_000;
+
 /// Settings of cluster mode.
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
@@ -48,6 +53,9 @@ pub struct ClusterConfig {
     /// Recent messages kept per room in Redis.
     pub history_len: usize,
     pub dedupe_ttl_secs: u64,
+    /// PostgreSQL (written by the persister): history and resume past the cache, and the seq
+    /// floor of rooms Redis no longer knows.
+    pub postgres: Option<String>,
 }
 
 /// Connects to Redis (and Kafka), then runs the bus on a thread of its own. Fails when Redis
@@ -95,6 +103,7 @@ struct Bus {
     publish_sha: RefCell<String>,
     read_sha: RefCell<String>,
     kafka: Option<KafkaLog>,
+    pg: Option<PgStore>,
     state: RefCell<State>,
     id_prefix: String,
 }
@@ -103,9 +112,19 @@ struct Bus {
 struct State {
     rooms: AHashMap<Name, RoomTrack>,
     users: AHashMap<Name, CoreSet>,
+    /// The highest seq this node has seen per room (assigned to its senders or delivered to
+    /// its members): the floor the publish step starts from if Redis lost the room's seq.
+    high_seq: AHashMap<Name, u64>,
     next_id: u64,
     /// Set when the link dropped: rooms must be compared with Redis once it answers again.
     resync_pending: bool,
+}
+
+impl State {
+    fn saw(&mut self, room: &Name, seq: u64) {
+        let high = self.high_seq.entry(room.clone()).or_insert(0);
+        *high = (*high).max(seq);
+    }
 }
 
 /// What the node knows of one subscribed room.
@@ -163,6 +182,7 @@ impl Bus {
             }
         };
         tracing::info!(cluster = redis.is_cluster(), redis = %cfg.redis.join(","), "Redis ready");
+        let pg = cfg.postgres.as_deref().map(PgStore::new);
         Ok(Rc::new(Bus {
             id_prefix: format!("{:016x}-", node.node_id),
             node,
@@ -172,6 +192,7 @@ impl Bus {
             publish_sha: RefCell::new(publish_sha),
             read_sha: RefCell::new(read_sha),
             kafka,
+            pg,
             state: RefCell::new(State::default()),
         }))
     }
@@ -371,6 +392,8 @@ impl Bus {
         }
 
         let ids: Vec<String> = requests.iter().map(|_| self.next_id()).collect();
+        // Floors found in PostgreSQL for rooms whose seq Redis no longer has.
+        let mut known_floors: AHashMap<Name, u64> = AHashMap::new();
         let answers = loop {
             let sha = self.publish_sha.borrow().clone();
             let cmds: Vec<(u16, redis::Cmd)> = {
@@ -379,12 +402,41 @@ impl Bus {
                     .iter()
                     .zip(&ids)
                     .map(|(req, id)| {
-                        let floor = st.rooms.get(&req.room).and_then(|t| t.last).unwrap_or(0);
+                        let seen = st.high_seq.get(&req.room).copied().unwrap_or(0);
+                        let floor = match (known_floors.get(&req.room), &self.pg) {
+                            (Some(f), _) => (*f).max(seen) as i64,
+                            (None, Some(_)) => -1,
+                            (None, None) => seen as i64,
+                        };
                         publish_cmd(&sha, req, id, floor, &self.cfg, self.redis.is_cluster())
                     })
                     .collect()
             };
             match self.run_retrying(&cmds).await {
+                Ok(answers) if answers.iter().any(is_missing_seq) => {
+                    // New rooms, or Redis lost its data: continue from what PostgreSQL holds.
+                    // Everything else in the batch ran; run again, it answers from the dedupe
+                    // keys with the same seqs.
+                    let pg = self.pg.as_ref().expect("-1 floors only with PostgreSQL");
+                    for (req, _) in requests
+                        .iter()
+                        .zip(&answers)
+                        .filter(|(_, a)| is_missing_seq(a))
+                    {
+                        if known_floors.contains_key(&req.room) {
+                            continue;
+                        }
+                        match pg.max_seq(&req.room).await {
+                            Ok(max) => {
+                                known_floors.insert(req.room.clone(), max);
+                            }
+                            Err(e) => {
+                                tracing::warn!(room = %req.room, error = %e, "no seq floor from PostgreSQL; retrying");
+                                tokio::time::sleep(Duration::from_millis(200)).await;
+                            }
+                        }
+                    }
+                }
                 Ok(answers)
                     if answers
                         .iter()
@@ -451,6 +503,7 @@ impl Bus {
                 },
                 s => (s, id),
             };
+            self.state.borrow_mut().saw(&req.room, seq);
             if let Some(k) = &self.kafka {
                 deliveries.push(k.produce(&req.room, &msg));
             }
@@ -535,11 +588,15 @@ fn evalsha(sha: &str, keys: &[String], args: &[Vec<u8>]) -> redis::Cmd {
     cmd
 }
 
+fn is_missing_seq(answer: &RedisResult<Value>) -> bool {
+    matches!(answer, Ok(Value::Array(items)) if matches!(items.first(), Some(Value::Int(-1))))
+}
+
 fn publish_cmd(
     sha: &str,
     req: &PublishRequest,
     id: &str,
-    floor: u64,
+    floor: i64,
     cfg: &ClusterConfig,
     cluster: bool,
 ) -> (u16, redis::Cmd) {
@@ -701,6 +758,32 @@ impl Bus {
                     Ok(Some(Ok(v))) => {
                         let mut msgs = stream_messages(v);
                         msgs.reverse();
+                        // Older than the cache holds: the rest of the page from PostgreSQL.
+                        if msgs.len() < limit as usize {
+                            if let Some(pg) = &self.pg {
+                                let oldest = msgs.first().and_then(|m| msg_head(m)).map(|h| h.seq);
+                                let older_than = oldest.or(before).unwrap_or(u64::MAX);
+                                match pg
+                                    .page_before(&room, older_than, limit - msgs.len() as u32)
+                                    .await
+                                {
+                                    Ok(mut older) => {
+                                        older.append(&mut msgs);
+                                        msgs = older;
+                                    }
+                                    Err(e) => {
+                                        tracing::warn!(%room, error = %e, "history from PostgreSQL failed");
+                                        self.reply_error(
+                                            to,
+                                            ErrorCode::Unavailable,
+                                            "PostgreSQL is unavailable; retry",
+                                            None,
+                                        );
+                                        return;
+                                    }
+                                }
+                            }
+                        }
                         self.reply(
                             to,
                             Reply::Frames(vec![reply::history(&room, msgs.iter().map(|m| &m[..]))]),
@@ -726,15 +809,42 @@ impl Bus {
                 {
                     Ok(Value::Array(parts)) if parts.len() == 2 => {
                         let latest = value_u64(&parts[0]);
-                        let msgs: Vec<Vec<u8>> = match &parts[1] {
+                        let mut msgs: Vec<Vec<u8>> = match &parts[1] {
                             Value::Array(items) => items.iter().filter_map(bulk).collect(),
                             _ => Vec::new(),
                         };
-                        let first_seq = msgs.first().and_then(|m| msg_head(m)).map(|h| h.seq);
-                        let complete = match first_seq {
-                            Some(s) => s == first,
-                            None => latest <= after,
-                        };
+                        // What the cache no longer holds comes from PostgreSQL (the newest
+                        // RESUME_FROM_STORE_MAX of it at most).
+                        let cached_from = msgs
+                            .first()
+                            .and_then(|m| msg_head(m))
+                            .map_or(latest.saturating_add(1), |h| h.seq);
+                        if first < cached_from {
+                            if let Some(pg) = &self.pg {
+                                match pg
+                                    .range_newest(&room, first, cached_from, RESUME_FROM_STORE_MAX)
+                                    .await
+                                {
+                                    Ok(mut older) => {
+                                        older.append(&mut msgs);
+                                        msgs = older;
+                                    }
+                                    Err(e) => {
+                                        tracing::warn!(%room, error = %e, "resume from PostgreSQL failed; reporting incomplete")
+                                    }
+                                }
+                            }
+                        }
+                        // Complete only when exactly after+1 ..= latest is being sent.
+                        let mut expect = first;
+                        let mut complete = true;
+                        for m in &msgs {
+                            match msg_head(m) {
+                                Some(h) if h.seq == expect => expect += 1,
+                                _ => complete = false,
+                            }
+                        }
+                        complete &= expect > latest || latest <= after;
                         if subscribe {
                             let mut st = self.state.borrow_mut();
                             if let Some(t) = st.rooms.get_mut(&room) {
@@ -905,6 +1015,7 @@ impl Bus {
                     return;
                 };
                 let (room, seq): (Name, u64) = (head.room.as_ref().into(), head.seq);
+                self.state.borrow_mut().saw(&room, seq);
                 let frame = encode_frame(OpCode::Text, &payload);
                 if let Some(user) = keys::user_of_channel(&channel) {
                     let st = self.state.borrow();

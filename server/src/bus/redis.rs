@@ -25,8 +25,10 @@ use tokio::sync::mpsc::UnboundedReceiver;
 /// Seq assignment, recent cache, dedupe and publish: one atomic step per message.
 ///
 /// KEYS: seq, log, dedupe. ARGV: msg JSON before the seq, msg JSON after it, the seq floor (the
-/// highest seq this node knows, used when the seq key is missing, e.g. after Redis lost its
-/// data), cache length, dedupe TTL (s), `s` for sharded publish, room channel (empty for a
+/// highest seq this node has seen in the room, used when the seq key is missing, e.g. after
+/// Redis lost its data, so that seqs continue instead of starting again at 1; `-1` asks the
+/// script to answer `{-1, ''}` instead, so that the node can find the floor in PostgreSQL),
+/// cache length, dedupe TTL (s), `s` for sharded publish, room channel (empty for a
 /// direct message), then user channels. Returns `{seq, msg}`, or `{0, first msg}` for a retry.
 pub const PUBLISH_LUA: &str = r#"
 local first = redis.call('GET', KEYS[3])
@@ -35,6 +37,7 @@ local seq
 if redis.call('EXISTS', KEYS[1]) == 1 then
   seq = redis.call('INCR', KEYS[1])
 else
+  if ARGV[3] == '-1' then return {-1, ''} end
   seq = tonumber(ARGV[3]) + 1
   redis.call('SET', KEYS[1], seq)
 end

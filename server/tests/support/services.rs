@@ -1,0 +1,729 @@
+//! Real backing services for cluster-mode tests: a private `redis-server`, a three-master Redis
+//! Cluster and the tansu Kafka-protocol broker, each on its own free loopback port and in its
+//! own temporary directory, killed and removed when dropped.
+//!
+//! Everything here is blocking and std-only. From a tokio test, call it before the runtime work
+//! starts or through `tokio::task::spawn_blocking`.
+//!
+//! The shared Redis (6379) and PostgreSQL (5432) are never touched: a test that needs to stop,
+//! kill or wipe Redis starts its own with [`RedisServer::start`].
+//!
+//! The broker is optional on a developer machine: [`Broker::start`] prints
+//! `SKIPPED: needs the tansu broker (scripts/broker.sh install)` and returns `None` when the
+//! binary is missing, unless `CHAT_REQUIRE_BROKER=1` (set by `scripts/test.sh`), which makes it
+//! panic instead. The binary is `$CHAT_TANSU`, else `$CHAT_TOOLS/bin/tansu`, else
+//! `${XDG_CACHE_HOME:-$HOME/.cache}/chat-tools/bin/tansu`, else `tansu` on `PATH` (the same
+//! search as `scripts/broker.sh path`).
+#![allow(dead_code)]
+
+use std::collections::hash_map::RandomState;
+use std::fs::{self, OpenOptions};
+use std::hash::{BuildHasher, Hasher};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Ports are picked at random from here: below the kernel's ephemeral range (32768-60999 on
+/// Linux), so that no outgoing connection takes a port while its server is stopped for a
+/// restart, and low enough that a Redis Cluster node's bus port (port + 10000) stays below
+/// 32768 too.
+const PORT_MIN: u16 = 10_000;
+const PORT_MAX: u16 = 22_000;
+/// Redis Cluster's bus listens on the client port + 10000.
+const CLUSTER_BUS_OFFSET: u16 = 10_000;
+
+/// How long a service may take to accept connections after it was started.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a service gets to exit after SIGTERM before it is killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Ports this process handed out already (never handed out twice).
+static TAKEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+fn random_u64() -> u64 {
+    let mut h = RandomState::new().build_hasher();
+    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    h.write_u32(std::process::id());
+    h.finish()
+}
+
+fn port_is_free(port: u16) -> bool {
+    TcpListener::bind(("127.0.0.1", port)).is_ok()
+}
+
+/// A random port with `port + offset` free as well for every offset.
+fn pick_port(offsets: &[u16]) -> u16 {
+    let mut taken = TAKEN.lock().unwrap_or_else(|e| e.into_inner());
+    for _ in 0..10_000 {
+        let port = PORT_MIN + (random_u64() % u64::from(PORT_MAX - PORT_MIN)) as u16;
+        let all = std::iter::once(port).chain(offsets.iter().map(|o| port + o));
+        if taken.contains(&port) || !all.clone().all(port_is_free) {
+            continue;
+        }
+        taken.extend(all);
+        return port;
+    }
+    panic!("no free port in {PORT_MIN}..{PORT_MAX}");
+}
+
+/// A free TCP port on 127.0.0.1 (not in the ephemeral range; never the same one twice in a
+/// process). Another process could still take it before it is used: services started here
+/// retry with another port when that happens.
+pub fn free_port() -> u16 {
+    pick_port(&[])
+}
+
+/// A directory under the system temp dir, removed (with its contents) when dropped.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(prefix: &str) -> TempDir {
+        let path = std::env::temp_dir().join(format!(
+            "chat-test-{prefix}-{}-{:016x}",
+            std::process::id(),
+            random_u64()
+        ));
+        fs::create_dir_all(&path).unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
+        TempDir(path)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The last `lines` lines of a log file, for failure messages.
+pub fn log_tail(path: &Path, lines: usize) -> String {
+    let text = fs::read_to_string(path).unwrap_or_else(|e| format!("({}: {e})", path.display()));
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Starts `cmd` with stdout and stderr appended to `log` (and stdin closed).
+fn spawn_logged(cmd: &mut Command, log: &Path) -> std::io::Result<Child> {
+    let out = OpenOptions::new().create(true).append(true).open(log)?;
+    let err = out.try_clone()?;
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::from(out))
+        .stderr(Stdio::from(err))
+        .spawn()
+}
+
+/// Sends `signal` ("TERM", "KILL", "STOP", ...) to a process, std-only: through the shell's
+/// `kill` builtin.
+pub fn send_signal(pid: u32, signal: &str) {
+    let _ = Command::new("sh")
+        .args(["-c", &format!("kill -{signal} {pid}")])
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// SIGTERM, then SIGKILL once `grace` has passed; waits for the exit either way.
+fn terminate(child: &mut Child, grace: Duration) {
+    if matches!(child.try_wait(), Ok(Some(_))) {
+        return;
+    }
+    send_signal(child.id(), "TERM");
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if matches!(child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+fn kill_now(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Polls `ready` until it holds. Fails early when the process exits; the error carries the
+/// tail of its log.
+fn wait_ready(
+    what: &str,
+    child: &mut Child,
+    log: &Path,
+    timeout: Duration,
+    mut ready: impl FnMut() -> bool,
+) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if ready() {
+            return Ok(());
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!(
+                "{what} exited ({status}) before it was ready; {}:\n{}",
+                log.display(),
+                log_tail(log, 30)
+            ));
+        }
+        if Instant::now() >= deadline {
+            kill_now(child);
+            return Err(format!(
+                "{what} was not ready within {timeout:?}; {}:\n{}",
+                log.display(),
+                log_tail(log, 30)
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+fn accepts_tcp(port: u16) -> bool {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+}
+
+/// `PING` over RESP: true once Redis answers `+PONG` (not while it is still loading its data).
+fn redis_pong(port: u16) -> bool {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+    let mut buf = [0u8; 64];
+    s.write_all(b"PING\r\n").is_ok()
+        && matches!(s.read(&mut buf), Ok(n) if buf[..n].starts_with(b"+PONG"))
+}
+
+/// `redis-cli -p PORT ARGS...`, its stdout with the trailing newline trimmed.
+pub fn redis_cli(port: u16, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run redis-cli (apt-get install redis-tools)");
+    assert!(
+        out.status.success(),
+        "redis-cli -p {port} {args:?}: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim_end().to_string()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Redis
+
+/// The flags every test Redis gets: loopback only, every write fsynced to the append-only file
+/// before it is answered (so a stop, a kill or a restart never loses an acknowledged write), no
+/// RDB snapshots.
+const REDIS_BASE_ARGS: &[&str] = &[
+    "--bind",
+    "127.0.0.1",
+    "--daemonize",
+    "no",
+    "--appendonly",
+    "yes",
+    "--appendfsync",
+    "always",
+    "--save",
+    "",
+    "--enable-debug-command",
+    "local",
+];
+
+/// One private `redis-server` process with its own port and data directory.
+pub struct RedisServer {
+    port: u16,
+    extra: Vec<String>,
+    child: Option<Child>,
+    // Last: the directory goes after the process is gone.
+    dir: TempDir,
+}
+
+impl RedisServer {
+    /// Starts a Redis on a free port in a new temporary directory.
+    pub fn start() -> RedisServer {
+        RedisServer::start_with_args(&[])
+    }
+
+    /// As [`RedisServer::start`], with extra `redis-server` flags (say
+    /// `["--maxmemory", "1mb", "--maxmemory-policy", "allkeys-lru"]`); restarts keep them.
+    pub fn start_with_args(extra: &[&str]) -> RedisServer {
+        RedisServer::start_on_free_port("redis", extra, &[])
+    }
+
+    fn start_on_free_port(prefix: &str, extra: &[&str], port_offsets: &[u16]) -> RedisServer {
+        let mut server = RedisServer {
+            port: 0,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            child: None,
+            dir: TempDir::new(prefix),
+        };
+        let mut last_error = String::new();
+        for _ in 0..5 {
+            // Another process may grab the port between the check and redis-server's bind:
+            // then try another one.
+            server.port = pick_port(port_offsets);
+            match server.spawn() {
+                Ok(()) => return server,
+                Err(e) => last_error = e,
+            }
+        }
+        panic!("redis-server did not start: {last_error}");
+    }
+
+    fn log(&self) -> PathBuf {
+        self.dir.path().join("redis.log")
+    }
+
+    fn spawn(&mut self) -> Result<(), String> {
+        let log = self.log();
+        let mut cmd = Command::new("redis-server");
+        cmd.args(["--port", &self.port.to_string()])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .args(REDIS_BASE_ARGS)
+            .args(&self.extra);
+        let mut child = spawn_logged(&mut cmd, &log)
+            .map_err(|e| format!("spawn redis-server (apt-get install redis-server): {e}"))?;
+        let port = self.port;
+        let what = format!("redis-server on port {port}");
+        wait_ready(&what, &mut child, &log, START_TIMEOUT, || redis_pong(port))?;
+        // The PONG could come from another Redis that took the port first: ours must say so.
+        let info = redis_cli(port, &["info", "server"]);
+        let ours = format!("process_id:{}", child.id());
+        if !info.lines().any(|l| l.trim() == ours) {
+            kill_now(&mut child);
+            return Err(format!("port {port} is taken by another Redis"));
+        }
+        self.child = Some(child);
+        Ok(())
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `redis://127.0.0.1:PORT`
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// `127.0.0.1:PORT`
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The data directory (append-only files, `redis.log`).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    /// `redis-cli -p PORT ARGS...` (stdout, trimmed); panics when redis-cli fails.
+    pub fn cli(&self, args: &[&str]) -> String {
+        redis_cli(self.port, args)
+    }
+
+    /// Graceful stop: SIGTERM, SIGKILL after 10 s; waits for the exit. No-op when stopped.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            terminate(&mut child, STOP_TIMEOUT);
+        }
+    }
+
+    /// SIGKILL (a crash); waits for the exit. The append-only file keeps every acknowledged
+    /// write. No-op when stopped.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            kill_now(&mut child);
+        }
+    }
+
+    /// Starts the stopped or killed server again on the same port with the same data
+    /// directory (so with the same data). Panics when it is running.
+    pub fn start_again(&mut self) {
+        assert!(
+            self.child.is_none(),
+            "start_again: redis-server on port {} still runs (stop() or kill() it first)",
+            self.port
+        );
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            match self.spawn() {
+                Ok(()) => return,
+                // The port can stay busy briefly (say a client's socket in TIME_WAIT bound to it
+                // by chance); keep trying, it is ours.
+                Err(e) if Instant::now() < deadline => {
+                    eprintln!("services: restarting redis on {}: {e}; retrying", self.port);
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(e) => panic!("redis-server did not start again: {e}"),
+            }
+        }
+    }
+
+    /// Redis loses its data: stops it, deletes the append-only files and snapshots (keeping
+    /// `redis.log` and, for a cluster node, `nodes.conf`), starts it again on the same port,
+    /// empty.
+    pub fn flushall_and_restart_without_data(&mut self) {
+        self.stop();
+        for name in ["appendonlydir", "appendonly.aof", "dump.rdb"] {
+            let p = self.dir.path().join(name);
+            let _ = fs::remove_dir_all(&p).or_else(|_| fs::remove_file(&p));
+        }
+        self.start_again();
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A Redis Cluster of three masters without replicas (slots split evenly by
+/// `redis-cli --cluster create`), each a [`RedisServer`] with cluster mode on.
+pub struct RedisCluster {
+    nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    pub fn start() -> RedisCluster {
+        let nodes: Vec<RedisServer> = (0..3)
+            .map(|_| {
+                RedisServer::start_on_free_port(
+                    "redis-cluster",
+                    &[
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        "nodes.conf",
+                        "--cluster-node-timeout",
+                        "5000",
+                    ],
+                    &[CLUSTER_BUS_OFFSET],
+                )
+            })
+            .collect();
+        let cluster = RedisCluster { nodes };
+
+        let addrs: Vec<String> = cluster.nodes.iter().map(|n| n.addr()).collect();
+        let out = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run redis-cli --cluster create");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create {addrs:?}: {}\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        cluster.wait_ok(START_TIMEOUT);
+        cluster
+    }
+
+    /// Waits until every running node reports `cluster_state:ok`.
+    pub fn wait_ok(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let states: Vec<String> = self
+                .nodes
+                .iter()
+                .map(|n| {
+                    let info = n.cli(&["cluster", "info"]);
+                    let state = info
+                        .lines()
+                        .find_map(|l| l.trim().strip_prefix("cluster_state:"))
+                        .unwrap_or("?");
+                    format!("{}={state}", n.port)
+                })
+                .collect();
+            if states.iter().all(|s| s.ends_with("=ok")) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "Redis Cluster not ok within {timeout:?}: {states:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `redis://127.0.0.1:PORT` of every node.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.url()).collect()
+    }
+
+    pub fn ports(&self) -> Vec<u16> {
+        self.nodes.iter().map(|n| n.port()).collect()
+    }
+
+    /// One node, to stop, kill or restart it.
+    pub fn node(&mut self, i: usize) -> &mut RedisServer {
+        &mut self.nodes[i]
+    }
+
+    pub fn nodes(&self) -> &[RedisServer] {
+        &self.nodes
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Kafka (tansu)
+
+/// The tansu binary, if there is one (see the module docs for where it is looked for).
+pub fn tansu_binary() -> Option<PathBuf> {
+    let executable = |p: &Path| p.is_file().then(|| p.to_path_buf());
+    if let Some(p) = std::env::var_os("CHAT_TANSU").filter(|p| !p.is_empty()) {
+        return executable(Path::new(&p));
+    }
+    let cache = std::env::var_os("CHAT_TOOLS")
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("XDG_CACHE_HOME")
+                .filter(|p| !p.is_empty())
+                .map(|p| PathBuf::from(p).join("chat-tools"))
+        })
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache").join("chat-tools"))
+        });
+    if let Some(found) = cache.and_then(|c| executable(&c.join("bin").join("tansu"))) {
+        return Some(found);
+    }
+    std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .find_map(|dir| executable(&dir.join("tansu")))
+}
+
+/// A tansu broker (Kafka protocol) on a free loopback port.
+pub struct Broker {
+    bin: PathBuf,
+    port: u16,
+    durable: bool,
+    child: Option<Child>,
+    dir: TempDir,
+}
+
+impl Broker {
+    /// Starts a broker: durable keeps topics and records in SQLite in its temp dir (they survive
+    /// [`Broker::stop`] + [`Broker::start_again`]); not durable keeps them in memory.
+    ///
+    /// `None` (after `SKIPPED: ...` on stderr) when tansu is not installed, unless
+    /// `CHAT_REQUIRE_BROKER=1`: then it panics.
+    pub fn start(durable: bool) -> Option<Broker> {
+        let Some(bin) = tansu_binary() else {
+            if std::env::var("CHAT_REQUIRE_BROKER").as_deref() == Ok("1") {
+                panic!(
+                    "CHAT_REQUIRE_BROKER=1 but the tansu broker was not found (CHAT_TANSU, \
+                     ~/.cache/chat-tools/bin/tansu, PATH): run scripts/broker.sh install"
+                );
+            }
+            eprintln!("SKIPPED: needs the tansu broker (scripts/broker.sh install)");
+            return None;
+        };
+        let dir = TempDir::new("tansu");
+        fs::create_dir_all(dir.path().join("data")).expect("create the broker's data dir");
+        let mut broker = Broker {
+            bin,
+            port: 0,
+            durable,
+            child: None,
+            dir,
+        };
+        let mut last_error = String::new();
+        for _ in 0..5 {
+            broker.port = free_port();
+            match broker.spawn() {
+                Ok(()) => return Some(broker),
+                Err(e) => last_error = e,
+            }
+        }
+        panic!("tansu broker did not start: {last_error}");
+    }
+
+    fn log(&self) -> PathBuf {
+        self.dir.path().join("tansu.log")
+    }
+
+    /// `tcp://127.0.0.1:PORT`, the form tansu's own flags take.
+    fn tansu_url(&self) -> String {
+        format!("tcp://127.0.0.1:{}", self.port)
+    }
+
+    fn spawn(&mut self) -> Result<(), String> {
+        // tansu resolves a sqlite:// URL relative to its working directory (host + path), so
+        // it runs in the temp dir and stores data/tansu.db there.
+        let storage = if self.durable {
+            "sqlite://data/tansu.db"
+        } else {
+            "memory://tansu/"
+        };
+        let url = self.tansu_url();
+        let log = self.log();
+        let mut cmd = Command::new(&self.bin);
+        cmd.current_dir(self.dir.path())
+            .args(["broker", "--listener-url", &url])
+            .args(["--advertised-listener-url", &url])
+            .args(["--storage-engine", storage])
+            .env(
+                "RUST_LOG",
+                std::env::var("CHAT_TANSU_LOG").unwrap_or_else(|_| "warn".into()),
+            );
+        let mut child = spawn_logged(&mut cmd, &log)
+            .map_err(|e| format!("spawn {}: {e}", self.bin.display()))?;
+        let port = self.port;
+        let what = format!("tansu broker on port {port}");
+        wait_ready(&what, &mut child, &log, START_TIMEOUT, || accepts_tcp(port))?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// `127.0.0.1:PORT`, the bootstrap address for Kafka clients (`--kafka`).
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    /// Runs `tansu ARGS...`; Ok(stdout + stderr) on exit 0, Err(the same) otherwise.
+    fn tansu(&self, args: &[&str]) -> Result<String, String> {
+        let out = Command::new(&self.bin)
+            .current_dir(self.dir.path())
+            .args(args)
+            .env("RUST_LOG", "error")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("run {}: {e}", self.bin.display()));
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if out.status.success() {
+            Ok(text)
+        } else {
+            Err(text)
+        }
+    }
+
+    /// Creates a topic; one that exists already is fine (its partition count is kept).
+    pub fn create_topic(&self, name: &str, partitions: u32) {
+        let url = self.tansu_url();
+        let partitions = partitions.to_string();
+        let args = [
+            "topic",
+            "create",
+            "--broker",
+            &url,
+            "--partitions",
+            &partitions,
+            name,
+        ];
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            match self.tansu(&args) {
+                Ok(_) => return,
+                Err(e) if e.contains("already exists") => return,
+                Err(e) if Instant::now() < deadline => {
+                    eprintln!(
+                        "services: tansu topic create {name}: {}; retrying",
+                        e.trim()
+                    );
+                    std::thread::sleep(Duration::from_millis(250));
+                }
+                Err(e) => panic!(
+                    "tansu topic create {name} on {url}: {e}\nbroker log:\n{}",
+                    log_tail(&self.log(), 30)
+                ),
+            }
+        }
+    }
+
+    /// The names of the broker's topics (`tansu topic list`).
+    pub fn topics(&self) -> Vec<String> {
+        let url = self.tansu_url();
+        let out = self
+            .tansu(&["topic", "list", "--broker", &url])
+            .unwrap_or_else(|e| panic!("tansu topic list on {url}: {e}"));
+        // A JSON array of metadata objects, each with "name":"...". Kafka topic names are
+        // [a-zA-Z0-9._-], so no escapes to undo.
+        out.split("\"name\":\"")
+            .skip(1)
+            .filter_map(|rest| rest.split('"').next())
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Graceful stop: SIGTERM, SIGKILL after 10 s; waits for the exit. No-op when stopped.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            terminate(&mut child, STOP_TIMEOUT);
+        }
+    }
+
+    /// SIGKILL (a crash); waits for the exit. No-op when stopped.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            kill_now(&mut child);
+        }
+    }
+
+    /// Starts the stopped or killed broker again on the same port with the same storage (a
+    /// durable broker keeps its topics and records; an in-memory one starts empty). Panics when
+    /// it is running.
+    pub fn start_again(&mut self) {
+        assert!(
+            self.child.is_none(),
+            "start_again: the broker on port {} still runs (stop() or kill() it first)",
+            self.port
+        );
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            match self.spawn() {
+                Ok(()) => return,
+                Err(e) if Instant::now() < deadline => {
+                    eprintln!("services: restarting tansu on {}: {e}; retrying", self.port);
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(e) => panic!("tansu broker did not start again: {e}"),
+            }
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
