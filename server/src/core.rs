@@ -223,6 +223,11 @@ pub enum Ready {
         seq: u64,
         frames: Vec<Bytes>,
     },
+    /// A join or resume that failed: its error, and the member it created goes.
+    Abort {
+        room: Name,
+        frames: Vec<Bytes>,
+    },
 }
 
 impl ReplyQueue {
@@ -539,6 +544,10 @@ impl Core {
                 let frames = vec![reply::joined(&room, seq)];
                 Ready::Start { room, seq, frames }
             }
+            Reply::Failed { room, error } => Ready::Abort {
+                room,
+                frames: vec![error],
+            },
             Reply::Resumed {
                 room,
                 seq,
@@ -567,6 +576,7 @@ impl Core {
             return;
         };
         let mut delivered = 0;
+        let mut dropped = Vec::new();
         while let Some((ticket, ready)) = conn.replies.pop_ready() {
             match ready {
                 Ready::Frames(frames) => frames.into_iter().for_each(|f| conn.io.send(f)),
@@ -591,8 +601,35 @@ impl Core {
                         }
                     }
                 }
+                Ready::Abort { room, frames } => {
+                    frames.into_iter().for_each(|f| conn.io.send(f));
+                    // The join or resume failed: forget the member it created.
+                    if conn
+                        .dm_positions
+                        .get(&room)
+                        .is_some_and(|m| m.ticket == ticket)
+                    {
+                        conn.dm_positions.remove(&room);
+                    }
+                    let created = conn.rooms.get(&room).is_some_and(|&key| {
+                        self.rooms
+                            .get(&room)
+                            .and_then(|r| r.members.get(key))
+                            .is_some_and(|m| m.ticket == ticket)
+                    });
+                    if created {
+                        let key = conn.rooms.remove(&room).expect("member");
+                        dropped.push((room, key));
+                    }
+                }
             }
         }
+        for (room, key) in dropped {
+            self.remove_member(&room, key);
+        }
+        let Some(conn) = self.conns.get_mut(&conn_id) else {
+            return;
+        };
         if conn.replies.in_flight() < max_inflight {
             conn.io.wake_reader();
         }

@@ -103,6 +103,8 @@ pub enum Reply {
     Frames(Vec<Bytes>),
     /// `joined`: the room's latest seq when the request was served.
     Joined { room: Name, seq: u64 },
+    /// A `join` or `resume` that could not be served: the `error` frame to send.
+    Failed { room: Name, error: Bytes },
     /// `resume`: every stored message after the requested seq, the latest seq, and whether
     /// nothing in between was missing.
     Resumed {

@@ -44,6 +44,18 @@ use tokio::sync::mpsc;
 /// it the reply says `complete: false`.
 const RESUME_FROM_STORE_MAX: u32 = 10_000;
 
+/// How long one request keeps retrying while Redis is unreachable before its sender hears
+/// `unavailable` (and retries with the same `cid`).
+const REDIS_RETRY_BUDGET: Duration = Duration::from_secs(5);
+
+fn retryable(e: &redis::RedisError) -> bool {
+    e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_timeout()
+        || e.is_unrecoverable_error()
+        || e.is_connection_refusal()
+}
+
 /// Settings of cluster mode.
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
@@ -274,31 +286,36 @@ impl Bus {
         self.reply(to, Reply::Frames(vec![reply::error(&e)]));
     }
 
+    /// A join or resume that failed: the member the core created for it is dropped.
+    fn reply_failed(&self, to: ReplyTo, room: Name, message: &str) {
+        let error = reply::error(&RequestError::new(ErrorCode::Unavailable, message));
+        self.reply(to, Reply::Failed { room, error });
+    }
+
     /// Runs commands, retrying while Redis is unreachable (up to ~10 s).
     async fn run_retrying(
         &self,
         cmds: &[(u16, redis::Cmd)],
     ) -> RedisResult<Vec<RedisResult<Value>>> {
+        let deadline = tokio::time::Instant::now() + REDIS_RETRY_BUDGET;
         let mut wait = Duration::from_millis(20);
-        let mut tries = 0;
         loop {
-            match self.redis.run(cmds).await {
-                Ok(r) => return Ok(r),
-                Err(e)
-                    if tries < 12
-                        && (e.is_io_error()
-                            || e.is_connection_dropped()
-                            || e.is_timeout()
-                            || e.is_unrecoverable_error()) =>
-                {
-                    tries += 1;
-                    inc(&self.node.metrics.bus.redis_retries);
-                    tracing::warn!(error = %e, tries, "Redis request failed; retrying");
-                    tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(Duration::from_secs(1));
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let err = match tokio::time::timeout(left, self.redis.run(cmds)).await {
+                Ok(Ok(r)) => return Ok(r),
+                Ok(Err(e)) if !retryable(&e) => return Err(e),
+                Ok(Err(e)) => e,
+                Err(_) => {
+                    redis::RedisError::from((redis::ErrorKind::Io, "Redis did not answer in time"))
                 }
-                Err(e) => return Err(e),
+            };
+            if tokio::time::Instant::now() + wait >= deadline {
+                return Err(err);
             }
+            inc(&self.node.metrics.bus.redis_retries);
+            tracing::warn!(error = %err, "Redis request failed; retrying");
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_millis(500));
         }
     }
 
@@ -691,7 +708,17 @@ impl Bus {
             first
         };
         if first {
-            self.redis.subscribe_room(&keys::room_channel(room)).await?;
+            let channel = keys::room_channel(room);
+            let subscribe = self.redis.subscribe_room(&channel);
+            match tokio::time::timeout(REDIS_RETRY_BUDGET, subscribe).await {
+                Ok(r) => r?,
+                Err(_) => {
+                    return Err(redis::RedisError::from((
+                        redis::ErrorKind::Io,
+                        "SUBSCRIBE timed out",
+                    )))
+                }
+            }
         }
         Ok(())
     }
@@ -718,12 +745,7 @@ impl Bus {
             }
             other => {
                 tracing::warn!(%room, ?other, "join failed");
-                self.reply_error(
-                    to,
-                    ErrorCode::Unavailable,
-                    "Redis is unavailable; retry",
-                    None,
-                );
+                self.reply_failed(to, room, "Redis is unavailable; retry");
             }
         }
     }
@@ -864,12 +886,7 @@ impl Bus {
                     }
                     other => {
                         tracing::warn!(%room, ?other, "resume failed");
-                        self.reply_error(
-                            to,
-                            ErrorCode::Unavailable,
-                            "Redis is unavailable; retry",
-                            None,
-                        );
+                        self.reply_failed(to, room, "Redis is unavailable; retry");
                     }
                 }
             }
