@@ -392,15 +392,11 @@ impl Bus {
                 requests.push(req);
             } else {
                 inc(&metrics.unavailable);
-                let e = RequestError::new(
-                    ErrorCode::Unavailable,
+                refused.push(unavailable(
+                    req.reply,
+                    &req.cid,
                     "the durable log is not keeping up; retry later",
-                )
-                .with_cid(Some(&req.cid));
-                refused.push(CoreMsg::Reply {
-                    to: req.reply,
-                    reply: Reply::Frames(vec![reply::error(&e)]),
-                });
+                ));
             }
         }
         self.send(core, refused);
@@ -472,15 +468,11 @@ impl Bus {
                     let msgs = requests
                         .iter()
                         .map(|r| {
-                            let e = RequestError::new(
-                                ErrorCode::Unavailable,
+                            unavailable(
+                                r.reply,
+                                &r.cid,
                                 "Redis is unavailable; retry with the same cid",
                             )
-                            .with_cid(Some(&r.cid));
-                            CoreMsg::Reply {
-                                to: r.reply,
-                                reply: Reply::Frames(vec![reply::error(&e)]),
-                            }
                         })
                         .collect();
                     self.send(core, msgs);
@@ -499,15 +491,11 @@ impl Bus {
                 Ok(v) => v,
                 Err(e) => {
                     tracing::error!(room = %req.room, error = %e, "publish step failed");
-                    let err = RequestError::new(
-                        ErrorCode::Unavailable,
+                    immediate.push(unavailable(
+                        req.reply,
+                        &req.cid,
                         "could not store the message; retry with the same cid",
-                    )
-                    .with_cid(Some(&req.cid));
-                    immediate.push(CoreMsg::Reply {
-                        to: req.reply,
-                        reply: Reply::Frames(vec![reply::error(&err)]),
-                    });
+                    ));
                     continue;
                 }
             };
@@ -565,15 +553,11 @@ impl Bus {
             Err(e) => {
                 inc(&metrics.kafka_failed);
                 tracing::warn!(room = %a.room, seq = a.seq, error = %e, "not durable; no ack");
-                let err = RequestError::new(
-                    ErrorCode::Unavailable,
+                unavailable(
+                    a.reply,
+                    &a.cid,
                     format!("not durable ({e}); retry with the same cid"),
                 )
-                .with_cid(Some(&a.cid));
-                CoreMsg::Reply {
-                    to: a.reply,
-                    reply: Reply::Frames(vec![reply::error(&err)]),
-                }
             }
         };
         while let Some(first) = pending.next().await {
@@ -583,6 +567,15 @@ impl Bus {
             }
             self.send(core, out);
         }
+    }
+}
+
+/// An `unavailable` error for one send: the sender retries with the same `cid`.
+fn unavailable(to: ReplyTo, cid: &str, message: impl Into<String>) -> CoreMsg {
+    let e = RequestError::new(ErrorCode::Unavailable, message).with_cid(Some(cid));
+    CoreMsg::Reply {
+        to,
+        reply: Reply::Frames(vec![reply::error(&e)]),
     }
 }
 
