@@ -127,6 +127,8 @@ fn broker_in_memory_creates_topics() {
     broker.create_topic("chat.messages", 8);
     broker.create_topic("chat.messages", 8); // idempotent
     assert!(broker.topics().contains(&"chat.messages".to_string()));
+    assert_eq!(broker.partitions("chat.messages"), Some(8));
+    assert_eq!(broker.partitions("missing"), None);
 }
 
 #[test]
@@ -148,6 +150,8 @@ fn durable_broker_keeps_topics_over_a_restart() {
     let after = broker.topics();
     assert!(after.contains(&"chat.messages".to_string()), "{after:?}");
     assert!(after.contains(&"other".to_string()), "{after:?}");
+    assert_eq!(broker.partitions("chat.messages"), Some(8));
+    assert_eq!(broker.partitions("other"), Some(1));
 
     broker.kill();
     broker.start_again();

@@ -670,19 +670,40 @@ impl Broker {
         }
     }
 
-    /// The names of the broker's topics (`tansu topic list`).
-    pub fn topics(&self) -> Vec<String> {
+    /// Every topic of the broker with its partition count (`tansu topic list`).
+    pub fn topic_partitions(&self) -> Vec<(String, usize)> {
         let url = self.tansu_url();
         let out = self
             .tansu(&["topic", "list", "--broker", &url])
             .unwrap_or_else(|e| panic!("tansu topic list on {url}: {e}"));
-        // A JSON array of metadata objects, each with "name":"...". Kafka topic names are
-        // [a-zA-Z0-9._-], so no escapes to undo.
+        // A JSON array of topic metadata: {"error_code":0,"name":"T",...,"partitions":[{...,
+        // "partition_index":0,...},...]}. Partitions have no "name", and Kafka topic names are
+        // [a-zA-Z0-9._-] (no escapes), so splitting at "name" cuts one topic per piece.
         out.split("\"name\":\"")
             .skip(1)
-            .filter_map(|rest| rest.split('"').next())
-            .map(str::to_string)
+            .filter_map(|rest| {
+                let (name, body) = rest.split_once('"')?;
+                Some((
+                    name.to_string(),
+                    body.matches("\"partition_index\"").count(),
+                ))
+            })
             .collect()
+    }
+
+    /// The names of the broker's topics.
+    pub fn topics(&self) -> Vec<String> {
+        self.topic_partitions()
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect()
+    }
+
+    /// How many partitions a topic has, `None` when it does not exist.
+    pub fn partitions(&self, topic: &str) -> Option<usize> {
+        self.topic_partitions()
+            .into_iter()
+            .find_map(|(n, p)| (n == topic).then_some(p))
     }
 
     /// Graceful stop: SIGTERM, SIGKILL after 10 s; waits for the exit. No-op when stopped.
