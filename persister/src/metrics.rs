@@ -1,0 +1,435 @@
+//! Counters and histograms for `/metrics` (Prometheus text format), the tiny HTTP responder
+//! that serves them, and the periodic one-line progress log.
+//!
+//! A persister is watched for three things: is it keeping up (consumer lag per partition, rows
+//! per second), is it healthy (PostgreSQL errors, COPY latency), is data being refused (dead
+//! letters). Updates happen once per record or batch, on relaxed atomics; a scrape reads them.
+
+use crate::consumer::Partitions;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A Prometheus histogram with fixed upper bounds (`le`), observed once per batch.
+pub struct Histogram {
+    bounds: &'static [f64],
+    inner: Mutex<HistogramInner>,
+}
+
+#[derive(Default)]
+struct HistogramInner {
+    /// One count per bound (not cumulative), plus +Inf.
+    counts: Vec<u64>,
+    sum: f64,
+    count: u64,
+}
+
+impl Histogram {
+    pub fn new(bounds: &'static [f64]) -> Histogram {
+        Histogram {
+            bounds,
+            inner: Mutex::new(HistogramInner {
+                counts: vec![0; bounds.len() + 1],
+                ..Default::default()
+            }),
+        }
+    }
+
+    pub fn observe(&self, value: f64) {
+        let i = self
+            .bounds
+            .iter()
+            .position(|&b| value <= b)
+            .unwrap_or(self.bounds.len());
+        let mut h = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        h.counts[i] += 1;
+        h.sum += value;
+        h.count += 1;
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let h = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut cumulative = 0;
+        for (bound, n) in self.bounds.iter().zip(&h.counts) {
+            cumulative += n;
+            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+        }
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", h.count);
+        let _ = writeln!(out, "{name}_sum {}", h.sum);
+        let _ = writeln!(out, "{name}_count {}", h.count);
+    }
+}
+
+const BATCH_SIZE_BOUNDS: &[f64] = &[
+    1.0, 10.0, 100.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 25000.0, 50000.0, 100000.0,
+];
+const SECONDS_BOUNDS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+pub struct Metrics {
+    /// Kafka records taken into batches.
+    pub records_consumed: AtomicU64,
+    /// Rows new to `messages`.
+    pub rows_written: AtomicU64,
+    /// Rows skipped because `messages` (or the same batch) had them already: redeliveries.
+    pub rows_duplicate: AtomicU64,
+    pub batches: AtomicU64,
+    pub dead_letters: AtomicU64,
+    /// Failed PostgreSQL connects and batch attempts (each one retried).
+    pub pg_errors: AtomicU64,
+    /// Errors reported by the Kafka consumer (librdkafka retries them itself).
+    pub kafka_errors: AtomicU64,
+    /// Partition assignments received from the group.
+    pub rebalances: AtomicU64,
+    /// Offsets that were never delivered (see [`crate::consumer::run`]).
+    pub skipped_offsets: AtomicU64,
+    /// Direct COPYs that met a duplicate and went through the staging table instead.
+    pub copy_fallbacks: AtomicU64,
+    pub batch_records: Histogram,
+    pub copy_seconds: Histogram,
+    pub transaction_seconds: Histogram,
+    started: Instant,
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics {
+            records_consumed: AtomicU64::new(0),
+            rows_written: AtomicU64::new(0),
+            rows_duplicate: AtomicU64::new(0),
+            batches: AtomicU64::new(0),
+            dead_letters: AtomicU64::new(0),
+            pg_errors: AtomicU64::new(0),
+            kafka_errors: AtomicU64::new(0),
+            rebalances: AtomicU64::new(0),
+            skipped_offsets: AtomicU64::new(0),
+            copy_fallbacks: AtomicU64::new(0),
+            batch_records: Histogram::new(BATCH_SIZE_BOUNDS),
+            copy_seconds: Histogram::new(SECONDS_BOUNDS),
+            transaction_seconds: Histogram::new(SECONDS_BOUNDS),
+            started: Instant::now(),
+        }
+    }
+}
+
+impl Metrics {
+    pub fn inc(&self, c: &AtomicU64) {
+        c.fetch_add(1, Relaxed);
+    }
+
+    pub fn add(&self, c: &AtomicU64, n: u64) {
+        c.fetch_add(n, Relaxed);
+    }
+
+    /// The whole exposition text.
+    pub fn render(&self, partitions: &Partitions) -> String {
+        let mut out = String::with_capacity(4096);
+        let counter = |out: &mut String, name: &str, help: &str, c: &AtomicU64| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                c.load(Relaxed)
+            );
+        };
+        counter(
+            &mut out,
+            "chat_persister_records_consumed_total",
+            "Kafka records taken into batches.",
+            &self.records_consumed,
+        );
+        counter(
+            &mut out,
+            "chat_persister_rows_written_total",
+            "Rows inserted into messages.",
+            &self.rows_written,
+        );
+        counter(
+            &mut out,
+            "chat_persister_rows_duplicate_total",
+            "Redelivered rows skipped because messages already had their (room, seq).",
+            &self.rows_duplicate,
+        );
+        counter(
+            &mut out,
+            "chat_persister_batches_total",
+            "Batches committed.",
+            &self.batches,
+        );
+        counter(
+            &mut out,
+            "chat_persister_dead_letters_total",
+            "Poison records stored in persister_dead_letters.",
+            &self.dead_letters,
+        );
+        counter(
+            &mut out,
+            "chat_persister_pg_errors_total",
+            "Failed PostgreSQL connects and batch attempts (all retried).",
+            &self.pg_errors,
+        );
+        counter(
+            &mut out,
+            "chat_persister_kafka_errors_total",
+            "Errors reported by the Kafka consumer.",
+            &self.kafka_errors,
+        );
+        counter(
+            &mut out,
+            "chat_persister_rebalances_total",
+            "Partition assignments received from the consumer group.",
+            &self.rebalances,
+        );
+        counter(
+            &mut out,
+            "chat_persister_skipped_offsets_total",
+            "Offsets never delivered: deleted by retention before they were persisted (data lost upstream), or transaction markers.",
+            &self.skipped_offsets,
+        );
+        counter(
+            &mut out,
+            "chat_persister_copy_fallbacks_total",
+            "Direct COPYs into messages that met a duplicate and were redone through the staging table.",
+            &self.copy_fallbacks,
+        );
+        self.batch_records.render(
+            &mut out,
+            "chat_persister_batch_records",
+            "Kafka records per committed batch.",
+        );
+        self.copy_seconds.render(
+            &mut out,
+            "chat_persister_copy_seconds",
+            "Time of one batch's binary COPY (and its insert from staging when it took that path).",
+        );
+        self.transaction_seconds.render(
+            &mut out,
+            "chat_persister_transaction_seconds",
+            "Time of one batch's whole transaction (COPY, insert, offsets, commit).",
+        );
+
+        let snapshot = partitions.snapshot();
+        let _ = writeln!(
+            out,
+            "# HELP chat_persister_assigned_partitions Partitions this persister owns.\n\
+             # TYPE chat_persister_assigned_partitions gauge\n\
+             chat_persister_assigned_partitions {}",
+            snapshot.len()
+        );
+        let topic = partitions.topic();
+        for (name, help, pick) in [
+            (
+                "chat_persister_consumer_lag",
+                "Records in Kafka not yet in PostgreSQL: high watermark minus stored offset.",
+                0,
+            ),
+            (
+                "chat_persister_stored_offset",
+                "Next offset to read, as stored in PostgreSQL.",
+                1,
+            ),
+            (
+                "chat_persister_high_watermark",
+                "Partition high watermark at the last fetch.",
+                2,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+            for (partition, p) in &snapshot {
+                let value = match pick {
+                    0 => p.lag(),
+                    1 => p.stored,
+                    _ => p.high,
+                };
+                if let Some(v) = value {
+                    let _ = writeln!(
+                        out,
+                        "{name}{{topic=\"{topic}\",partition=\"{partition}\"}} {v}"
+                    );
+                }
+            }
+        }
+
+        let process = process_stats();
+        let _ = writeln!(
+            out,
+            "# HELP process_cpu_seconds_total Total user and system CPU time spent in seconds.\n\
+             # TYPE process_cpu_seconds_total counter\n\
+             process_cpu_seconds_total {}\n\
+             # HELP process_resident_memory_bytes Resident memory size in bytes.\n\
+             # TYPE process_resident_memory_bytes gauge\n\
+             process_resident_memory_bytes {}\n\
+             # HELP process_start_time_seconds Start time of the process since unix epoch in seconds.\n\
+             # TYPE process_start_time_seconds gauge\n\
+             process_start_time_seconds {}",
+            process.cpu_seconds, process.resident_bytes, process.start_time_seconds
+        );
+        out
+    }
+
+    /// Logs one line every `every`: rows/s, batches, lag, dead letters. Runs forever.
+    pub async fn log_progress(self: Arc<Self>, partitions: Arc<Partitions>, every: Duration) {
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        let mut last = (Instant::now(), 0u64, 0u64);
+        loop {
+            tick.tick().await;
+            let now = Instant::now();
+            let rows = self.rows_written.load(Relaxed);
+            let batches = self.batches.load(Relaxed);
+            let secs = now.duration_since(last.0).as_secs_f64().max(1e-9);
+            let lag: i64 = partitions
+                .snapshot()
+                .iter()
+                .filter_map(|(_, p)| p.lag())
+                .sum();
+            tracing::info!(
+                "{:.0} rows/s, {} batches, lag {}, {} dead letters ({} rows in {:.0} s)",
+                (rows - last.1) as f64 / secs,
+                batches - last.2,
+                lag,
+                self.dead_letters.load(Relaxed),
+                rows,
+                self.started.elapsed().as_secs_f64()
+            );
+            last = (now, rows, batches);
+        }
+    }
+}
+
+/// Serves `GET /metrics` and `GET /healthz` on `listener`, one short connection per request.
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, partitions: Arc<Partitions>) {
+    loop {
+        let (socket, _) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics listener accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let metrics = metrics.clone();
+        let partitions = partitions.clone();
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(
+                Duration::from_secs(10),
+                respond(socket, &metrics, &partitions),
+            )
+            .await;
+        });
+    }
+}
+
+async fn respond(
+    mut socket: TcpStream,
+    metrics: &Metrics,
+    partitions: &Partitions,
+) -> std::io::Result<()> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = socket.read(&mut chunk).await?;
+        if n == 0 || buf.len() > 16 * 1024 {
+            return Ok(());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let line = buf.split(|&b| b == b'\r').next().unwrap_or_default();
+    let mut parts = line.split(|&b| b == b' ');
+    let method = parts.next().unwrap_or_default();
+    let path = parts.next().unwrap_or_default();
+    let path = path.split(|&b| b == b'?').next().unwrap_or_default();
+    let (status, content_type, body) = match (method, path) {
+        (b"GET", b"/metrics") => (
+            "200 OK",
+            "text/plain; version=0.0.4; charset=utf-8",
+            metrics.render(partitions),
+        ),
+        (b"GET", b"/healthz") => ("200 OK", "text/plain", "ok\n".to_string()),
+        (b"GET", _) => ("404 Not Found", "text/plain", "not found\n".to_string()),
+        _ => (
+            "405 Method Not Allowed",
+            "text/plain",
+            "GET only\n".to_string(),
+        ),
+    };
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n",
+        body.len()
+    );
+    socket.write_all(head.as_bytes()).await?;
+    socket.write_all(body.as_bytes()).await?;
+    socket.shutdown().await
+}
+
+#[derive(Default)]
+struct ProcessStats {
+    cpu_seconds: f64,
+    resident_bytes: u64,
+    start_time_seconds: f64,
+}
+
+/// Reads `/proc/self/stat` (fields after the command name, which may contain spaces).
+fn process_stats() -> ProcessStats {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return ProcessStats::default();
+    };
+    let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
+        return ProcessStats::default();
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // `rest` starts at field 3 (state), so field N of proc(5) is f[N - 3].
+    let num = |n: usize| {
+        f.get(n - 3)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // SAFETY: sysconf only reads configuration values.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as u64;
+    let boot_time = std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("btime ")
+                    .and_then(|v| v.trim().parse::<f64>().ok())
+            })
+        })
+        .unwrap_or(0.0);
+    ProcessStats {
+        cpu_seconds: (num(14) + num(15)) as f64 / ticks,
+        resident_bytes: num(24) * page,
+        start_time_seconds: boot_time + num(22) as f64 / ticks,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_is_cumulative() {
+        let h = Histogram::new(&[1.0, 10.0]);
+        h.observe(0.5);
+        h.observe(5.0);
+        h.observe(50.0);
+        let mut out = String::new();
+        h.render(&mut out, "x", "help");
+        assert!(out.contains("x_bucket{le=\"1\"} 1\n"), "{out}");
+        assert!(out.contains("x_bucket{le=\"10\"} 2\n"), "{out}");
+        assert!(out.contains("x_bucket{le=\"+Inf\"} 3\n"), "{out}");
+        assert!(out.contains("x_sum 55.5\n"), "{out}");
+        assert!(out.contains("x_count 3\n"), "{out}");
+    }
+
+    #[test]
+    fn process_stats_are_read() {
+        let p = process_stats();
+        assert!(p.resident_bytes > 0);
+        assert!(p.start_time_seconds > 0.0);
+    }
+}
