@@ -15,6 +15,8 @@ if [ -n "${CI:-}" ] && [ -z "${CARGO_TARGET_DIR:-}" ]; then
 fi
 # The browser and broker tests must run here, not skip: both were just installed.
 export CHAT_REQUIRE_BROWSER=1
+# The end-to-end test (server + persister) must find both binaries.
+export CHAT_REQUIRE_E2E=1
 export CHAT_REQUIRE_BROKER=1
 CHAT_TANSU=$(scripts/broker.sh path)
 export CHAT_TANSU
