@@ -97,6 +97,21 @@ pub struct Config {
     #[arg(long, env = "CHAT_POSTGRES_URL")]
     pub postgres: Option<String>,
 
+    /// HS256 secret: when set, every WebSocket needs `?token=<JWT>` (`sub` = user id, `exp`
+    /// checked) and `?user=` is ignored; a bad or missing token gets 401 before the upgrade.
+    #[arg(long, env = "CHAT_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// Browser origins allowed to open a WebSocket (comma-separated, e.g.
+    /// `https://chat.example.com`). Empty: any. Requests without an Origin header (non-browser
+    /// clients) are always allowed.
+    #[arg(long, env = "CHAT_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+
+    /// Most open WebSocket connections on this node; more get 503 before the upgrade.
+    #[arg(long, env = "CHAT_MAX_CONNECTIONS", default_value_t = 200_000)]
+    pub max_connections: u64,
+
     /// Seconds to keep serving after SIGTERM (health turns 503, new sends get `unavailable`)
     /// before connections are closed with 1001.
     #[arg(long, env = "CHAT_DRAIN_GRACE", default_value_t = 2.0)]

@@ -52,15 +52,32 @@ fn websocket(req: &Request<'_>, node: &Node) -> Route {
         Ok(a) => a,
         Err(why) => return text(400, &format!("{why}\n")),
     };
-    let user = match req.query_param("user") {
-        Some(u) => u.into_owned(),
-        None => return text(400, "missing ?user=<id>\n"),
+    if let (Some(origin), false) = (req.header("origin"), node.config.allowed_origins.is_empty()) {
+        if !node.config.allowed_origins.iter().any(|o| o == origin) {
+            return text(403, "origin not allowed\n");
+        }
+    }
+    let user = match &node.auth {
+        // With a JWT secret the token names the user; `?user=` is ignored.
+        Some(auth) => match req.query_param("token").map(|t| auth.user(&t)) {
+            Some(Ok(user)) => user,
+            Some(Err(why)) => return text(401, &format!("{why}\n")),
+            None => return text(401, "missing ?token=<JWT>\n"),
+        },
+        None => match req.query_param("user") {
+            Some(u) => u.into_owned(),
+            None => return text(400, "missing ?user=<id>\n"),
+        },
     };
     if let Err(why) = validate_user(&user) {
-        return text(400, &format!("{why}\n"));
+        let status = if node.auth.is_some() { 401 } else { 400 };
+        return text(status, &format!("{why}\n"));
     }
     if node.draining() {
         return text(503, "draining: connect to another node\n");
+    }
+    if node.open_connections() >= node.config.max_connections {
+        return text(503, "connection limit reached: connect to another node\n");
     }
     Route::WebSocket { accept, user }
 }

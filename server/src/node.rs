@@ -19,12 +19,13 @@ pub struct Node {
     /// Random per process: part of every message id this process assigns.
     pub node_id: u64,
     draining: AtomicBool,
+    /// Token checks, when `--jwt-secret` is set.
+    pub auth: Option<crate::auth::JwtAuth>,
 }
 
 impl Node {
     pub fn new(config: Config, threads: usize, cluster: bool) -> Arc<Node> {
         Arc::new(Node {
-            config,
             threads,
             mailboxes: (0..threads + cluster as usize)
                 .map(|_| Mailbox::default())
@@ -33,7 +34,18 @@ impl Node {
             metrics: Metrics::new(threads),
             node_id: fastrand::u64(..),
             draining: AtomicBool::new(false),
+            auth: config.jwt_secret.as_deref().map(crate::auth::JwtAuth::new),
+            config,
         })
+    }
+
+    /// Open WebSocket connections on all cores.
+    pub fn open_connections(&self) -> u64 {
+        self.metrics
+            .cores
+            .iter()
+            .map(|c| c.connections.load(Ordering::Relaxed))
+            .sum()
     }
 
     /// Where requests about a room or user channel go: its owner core, or the cluster bus.

@@ -1,0 +1,140 @@
+//! Who may connect: JWT identity (401 before the upgrade), the Origin allow-list (403) and the
+//! per-node connection limit (503), through a real client. DM privacy, the rate limit and the
+//! drain are covered in protocol.rs.
+
+mod support;
+
+use jsonwebtoken::{encode, EncodingKey, Header};
+use serde_json::json;
+use std::time::{SystemTime, UNIX_EPOCH};
+use support::client::{send_req, Client};
+use support::Server;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Error as WsError;
+
+const SECRET: &str = "test-secret-please-rotate";
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn token(secret: &str, claims: serde_json::Value) -> String {
+    encode(
+        &Header::default(),
+        &claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
+/// The HTTP status of a refused upgrade, or 101.
+async fn upgrade_status(url: &str, origin: Option<&str>) -> u16 {
+    let mut req = url.into_client_request().unwrap();
+    if let Some(o) = origin {
+        req.headers_mut().insert("Origin", o.parse().unwrap());
+    }
+    match tokio_tungstenite::connect_async(req).await {
+        Ok(_) => 101,
+        Err(WsError::Http(resp)) => resp.status().as_u16(),
+        Err(e) => panic!("{url}: {e}"),
+    }
+}
+
+#[tokio::test]
+async fn jwt_names_the_user_and_bad_tokens_get_401() {
+    let server = Server::start(&["--jwt-secret", SECRET]);
+    let base = format!("ws://{}/ws", server.addr);
+    let good = token(SECRET, json!({"sub":"alice","exp":now() + 60}));
+
+    // The token's subject is the user; ?user= is ignored.
+    let mut alice = Client::connect(&format!("{base}?token={good}&user=mallory"), "alice").await;
+    alice.join("r").await;
+    alice.send(send_req("r", "c1", "hi")).await;
+    let (m, _) = alice.until("msg").await;
+    assert_eq!(m["from"], "alice");
+
+    let refused = [
+        ("missing token", format!("{base}?user=alice")),
+        (
+            "wrong secret",
+            format!(
+                "{base}?token={}",
+                token("other", json!({"sub":"alice","exp":now() + 60}))
+            ),
+        ),
+        (
+            "expired",
+            format!(
+                "{base}?token={}",
+                token(SECRET, json!({"sub":"alice","exp":now() - 3600}))
+            ),
+        ),
+        (
+            "no exp",
+            format!("{base}?token={}", token(SECRET, json!({"sub":"alice"}))),
+        ),
+        (
+            "no sub",
+            format!("{base}?token={}", token(SECRET, json!({"exp":now() + 60}))),
+        ),
+        (
+            "invalid user id",
+            format!(
+                "{base}?token={}",
+                token(SECRET, json!({"sub":"a b","exp":now() + 60}))
+            ),
+        ),
+        ("garbage", format!("{base}?token=not.a.jwt")),
+    ];
+    for (why, url) in refused {
+        assert_eq!(upgrade_status(&url, None).await, 401, "{why}");
+    }
+}
+
+#[tokio::test]
+async fn the_origin_allow_list_refuses_other_browsers() {
+    let server = Server::start(&[
+        "--allowed-origins",
+        "https://chat.example.com,http://localhost:3000",
+    ]);
+    let url = server.ws_url("o");
+    assert_eq!(
+        upgrade_status(&url, Some("https://chat.example.com")).await,
+        101
+    );
+    assert_eq!(
+        upgrade_status(&url, Some("http://localhost:3000")).await,
+        101
+    );
+    assert_eq!(
+        upgrade_status(&url, Some("https://evil.example")).await,
+        403
+    );
+    assert_eq!(
+        upgrade_status(&url, None).await,
+        101,
+        "non-browser clients send no Origin"
+    );
+}
+
+#[tokio::test]
+async fn the_connection_limit_answers_503() {
+    let server = Server::start(&["--max-connections", "2"]);
+    let _a = Client::connect(&server.ws_url("a"), "a").await;
+    let _b = Client::connect(&server.ws_url("b"), "b").await;
+    assert_eq!(upgrade_status(&server.ws_url("c"), None).await, 503);
+    drop(_a);
+    // Once a connection is gone there is room again.
+    let mut status = 0;
+    for _ in 0..50 {
+        status = upgrade_status(&server.ws_url("c"), None).await;
+        if status == 101 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(status, 101);
+}
