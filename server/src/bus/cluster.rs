@@ -132,6 +132,21 @@ struct State {
     resync_pending: bool,
 }
 
+impl RoomTrack {
+    /// Queues one message for every core with members of the room.
+    fn hand_out(&self, room: &Name, seq: u64, frame: &Bytes, out: &mut [Vec<CoreMsg>]) {
+        for core in self.cores.iter() {
+            let channel = Channel::Room(room.clone());
+            out[core].push(CoreMsg::Deliver {
+                channel,
+                room: room.clone(),
+                seq,
+                frame: frame.clone(),
+            });
+        }
+    }
+}
+
 impl State {
     fn saw(&mut self, room: &Name, seq: u64) {
         let high = self.high_seq.entry(room.clone()).or_insert(0);
@@ -1082,14 +1097,7 @@ impl Bus {
             }
             _ => {
                 track.last = Some(seq);
-                for core in track.cores.iter() {
-                    out[core].push(CoreMsg::Deliver {
-                        channel: Channel::Room(room.clone()),
-                        room: room.clone(),
-                        seq,
-                        frame: frame.clone(),
-                    });
-                }
+                track.hand_out(&room, seq, &frame, out);
             }
         }
     }
@@ -1132,14 +1140,7 @@ impl Bus {
                 }
                 last = seq;
                 add(&self.node.metrics.bus.gap_messages, 1);
-                for core in track.cores.iter() {
-                    out[core].push(CoreMsg::Deliver {
-                        channel: Channel::Room(room.clone()),
-                        room: room.clone(),
-                        seq,
-                        frame: frame.clone(),
-                    });
-                }
+                track.hand_out(&room, seq, &frame, &mut out);
             }
             track.last = Some(last);
             track.filling = false;
