@@ -1,30 +1,232 @@
-//! `loadgen`: drives a chat cluster through the real protocol.
+//! `loadgen`: the command line. Everything else lives in the library (`lib.rs`), so that the
+//! tests drive the same code.
 //!
-//! For now one mode, `flood`: closed-loop senders that keep a window of unacknowledged
-//! messages in flight and count acks, to find the accepted-messages/s ceiling of a node. The
-//! full open-model generator with coordinated-omission-corrected latencies, verification and
-//! distributed agents is the load-generator issue's work.
-
-mod flood;
+//! * `loadgen run`: one open-model run, in-process or over `--agents`;
+//! * `loadgen agent --listen ADDR`: serve runs for a coordinator;
+//! * `loadgen sweep`: raise the rate until p99 or loss says stop;
+//! * `loadgen compare A/result.json B/result.json`: side by side;
+//! * `loadgen report DIR`: redraw a result's report.md and plots from its result.json;
+//! * `loadgen flood`: closed-loop accepted-messages/s ceiling.
 
 use clap::{Parser, Subcommand};
+use loadgen::coordinator::{self, RunOptions};
+use loadgen::scenario::ScenarioArgs;
+use loadgen::{agent, compare, flood, machine, sweep};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
 
 #[derive(Parser)]
-#[command(name = "loadgen", version)]
+#[command(
+    name = "loadgen",
+    version,
+    about = "Load generator for the chat backend"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
 }
 
+#[derive(clap::Args, Clone)]
+struct Common {
+    /// Agents (`host:port` of `loadgen agent`), comma-separated; none: run in-process.
+    #[arg(long, value_delimiter = ',')]
+    agents: Vec<String>,
+    /// Directory that receives `<name>/`.
+    #[arg(long, default_value = "results")]
+    results_dir: PathBuf,
+    /// No live progress line.
+    #[arg(long)]
+    no_progress: bool,
+    /// Milliseconds between the start command and the common start instant.
+    #[arg(long, default_value_t = 500)]
+    start_delay_ms: u64,
+}
+
+impl Common {
+    fn options(&self, scenario: loadgen::scenario::Scenario, plots: bool) -> RunOptions {
+        RunOptions {
+            scenario,
+            agents: self.agents.clone(),
+            results_dir: self.results_dir.clone(),
+            command_line: machine::command_line(),
+            progress: !self.no_progress && std::io::stderr().is_terminal(),
+            plots,
+            start_delay: Duration::from_millis(self.start_delay_ms),
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
+    /// One open-model run: latencies from intended send times, every delivery verified.
+    Run {
+        #[command(flatten)]
+        scenario: ScenarioArgs,
+        #[command(flatten)]
+        common: Common,
+        /// Skip the SVG plots.
+        #[arg(long)]
+        no_plots: bool,
+    },
+    /// Serve runs for a coordinator (`loadgen run --agents ...`), one at a time.
+    Agent {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:7878")]
+        listen: String,
+    },
+    /// Raise the rate step by step; report the highest rate with p99 under a bound and no loss.
+    Sweep {
+        #[command(flatten)]
+        scenario: ScenarioArgs,
+        #[command(flatten)]
+        common: Common,
+        /// Explicit rates, comma-separated (instead of start/factor/max).
+        #[arg(long, value_delimiter = ',')]
+        rates: Vec<f64>,
+        /// First rate (msg/s).
+        #[arg(long, default_value_t = 1000.0)]
+        start_rate: f64,
+        /// Multiply the rate by this after each step.
+        #[arg(long, default_value_t = 1.5)]
+        factor: f64,
+        /// Add this to the rate after each step (instead of --factor).
+        #[arg(long)]
+        step: Option<f64>,
+        /// Last rate to try.
+        #[arg(long, default_value_t = 1_000_000.0)]
+        max_rate: f64,
+        /// Delivery p99 bound (ms).
+        #[arg(long, default_value_t = 50.0)]
+        p99_ms: f64,
+        /// Keep going after the first failing rate.
+        #[arg(long)]
+        keep_going: bool,
+    },
+    /// Two results side by side, with ratios.
+    Compare { a: PathBuf, b: PathBuf },
+    /// Rewrite report.md and the SVG plots of a result directory from its result.json.
+    Report { dir: PathBuf },
     /// Send as fast as acks come back and report accepted messages per second.
     Flood(flood::FloodArgs),
 }
 
-#[tokio::main]
-async fn main() {
-    match Cli::parse().command {
-        Command::Flood(args) => flood::run(args).await,
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    loadgen::client::raise_fd_limit();
+    if let Command::Flood(args) = cli.command {
+        tokio::runtime::Runtime::new()
+            .expect("runtime")
+            .block_on(flood::run(args));
+        return ExitCode::SUCCESS;
     }
+    // The coordinator and agent need little: one thread. Load runs on the shard threads.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        match cli.command {
+            Command::Run {
+                scenario,
+                common,
+                no_plots,
+            } => {
+                let sc = match scenario.resolve() {
+                    Ok(s) => s,
+                    Err(e) => return fail(&e),
+                };
+                match coordinator::run(&common.options(sc, !no_plots)).await {
+                    Ok(r) => {
+                        print!("{}", r.summary());
+                        println!("results: {}", common.results_dir.join(&r.name).display());
+                        if r.verdict.ok {
+                            ExitCode::SUCCESS
+                        } else {
+                            eprintln!("{}", coordinator::failure_banner(&r));
+                            ExitCode::from(2)
+                        }
+                    }
+                    Err(e) => fail(&e),
+                }
+            }
+            Command::Agent { listen } => {
+                let l = match tokio::net::TcpListener::bind(&listen).await {
+                    Ok(l) => l,
+                    Err(e) => return fail(&format!("{listen}: {e}")),
+                };
+                eprintln!(
+                    "agent listening on {}",
+                    l.local_addr().map_or(listen, |a| a.to_string())
+                );
+                match agent::serve(l).await {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => fail(&e.to_string()),
+                }
+            }
+            Command::Sweep {
+                scenario,
+                common,
+                rates,
+                start_rate,
+                factor,
+                step,
+                max_rate,
+                p99_ms,
+                keep_going,
+            } => {
+                let sc = match scenario.resolve() {
+                    Ok(s) => s,
+                    Err(e) => return fail(&e),
+                };
+                let plan = sweep::Plan {
+                    rates,
+                    start: start_rate,
+                    factor,
+                    step,
+                    max: max_rate,
+                    p99_ms,
+                    keep_going,
+                };
+                match sweep::sweep(&common.options(sc, false), &plan).await {
+                    Ok(r) => {
+                        print!("{}", sweep::markdown(&r, &machine::command_line()));
+                        if r.best_rate.is_some() {
+                            ExitCode::SUCCESS
+                        } else {
+                            ExitCode::from(2)
+                        }
+                    }
+                    Err(e) => fail(&e),
+                }
+            }
+            Command::Compare { a, b } => match compare::compare(&a, &b) {
+                Ok(t) => {
+                    print!("{t}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(&e),
+            },
+            Command::Report { dir } => {
+                let r = match loadgen::report::RunResult::load(&dir.join("result.json")) {
+                    Ok(r) => r,
+                    Err(e) => return fail(&e),
+                };
+                match r.write(&dir, true) {
+                    Ok(()) => {
+                        println!("rewrote {}", dir.display());
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => fail(&e),
+                }
+            }
+            Command::Flood(_) => unreachable!("handled above"),
+        }
+    })
+}
+
+fn fail(e: &str) -> ExitCode {
+    eprintln!("loadgen: {e}");
+    ExitCode::FAILURE
 }
