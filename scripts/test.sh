@@ -26,6 +26,8 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== fuzz (bounded)"
+scripts/fuzz.sh 20
 echo "== cargo test"
 cargo test --workspace --locked
 echo "== all tests passed in $(( $(date +%s) - start )) s"
