@@ -117,7 +117,9 @@ wait_for() {
   shift
   local deadline=$((SECONDS + timeout))
   until "$@"; do
-    running "$name" || fail "$name" "exited during startup"
+    # Only "is the process there": right after `start` the child may not have exec'd yet, so
+    # its command line can still be this script's.
+    kill -0 "$(pid_of "$name")" 2>/dev/null || fail "$name" "exited during startup"
     [ "$SECONDS" -lt "$deadline" ] || fail "$name" "not ready after ${timeout}s"
     sleep 0.1
   done
@@ -175,18 +177,11 @@ up() {
   local server_bin=${CHAT_SERVER_BIN:-}
   local persister_bin=$target_dir/release/chat-persister
   if [ -z "$server_bin" ]; then
-    say "cargo build --release -p chat-server"
-    cargo build --release -p chat-server || die "build failed"
+    # One cargo invocation for all binaries: building them one by one unifies features
+    # differently and rebuilds shared dependencies each time.
+    say "cargo build --release -p chat-server -p chat-persister -p loadgen"
+    cargo build --release -p chat-server -p chat-persister -p loadgen || die "build failed"
     server_bin=$target_dir/release/chat-server
-    # PERSISTER: built too once it is a workspace member; a failed build is not fatal (the
-    # nodes do not need it), but then no stale binary is started either.
-    if cargo metadata --no-deps --format-version 1 2>/dev/null | grep -q '"name":"chat-persister"'; then
-      say "cargo build --release -p chat-persister"
-      if ! cargo build --release -p chat-persister; then
-        say "warning: chat-persister did not build; starting without it"
-        persister_bin=
-      fi
-    fi
   fi
   [ -x "$server_bin" ] || die "$server_bin is missing"
   "$server_bin" --help 2>/dev/null | grep -q -- '--kafka' ||
@@ -251,6 +246,12 @@ up() {
       sleep 0.5
     done
     say "broker: created topic $topic ($partitions partitions)"
+    # A new topic starts at offset 0 in every partition: offsets the persister stored for an
+    # earlier topic of the same name (an earlier broker's data) would make it skip records.
+    if psql "$pg_url" -qAtc "select to_regclass('persister_offsets')" 2>/dev/null | grep -q persister_offsets; then
+      psql "$pg_url" -qAtc "delete from persister_offsets where topic = '$topic'" >/dev/null &&
+        say "persister: forgot stored offsets of the previous $topic"
+    fi
   fi
 
   # ---- PERSISTER (a later issue) ---------------------------------------------------------
