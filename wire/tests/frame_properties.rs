@@ -85,7 +85,7 @@ proptest! {
         points.push(bytes.len());
         points.sort();
         points.dedup();
-        let pieces: Vec<&[u8]> = if points.len() < 2 { vec![&bytes[..]] } else { points.windows(2).map(|w| &bytes[w[0]..w[1]]).collect() };
+        let pieces: Vec<&[u8]> = if points.len() < 2 { vec![bytes] } else { points.windows(2).map(|w| &bytes[w[0]..w[1]]).collect() };
         let mut wire = Vec::new();
         let mut pings = 0;
         for (i, piece) in pieces.iter().enumerate() {
