@@ -28,6 +28,14 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== fuzz (bounded)"
 scripts/fuzz.sh 20
+echo "== cargo bench -- --test (every criterion benchmark once)"
+bench_log=$(mktemp)
+if ! cargo bench -p chat-bench --locked -- --test >"$bench_log" 2>&1; then
+  tail -50 "$bench_log"
+  exit 1
+fi
+echo "bench: $(grep -c 'Success' "$bench_log") benchmarks ran once, $(grep -c '^SKIPPED' "$bench_log") suites skipped"
+rm -f "$bench_log"
 echo "== cargo test"
 cargo test --workspace --locked
 echo "== all tests passed in $(( $(date +%s) - start )) s"

@@ -1,0 +1,12 @@
+//! A library view of the server's self-contained internals, for `bench/` (the criterion suites
+//! drive the real cross-core mailboxes and the real Redis publish script). The binary
+//! (`main.rs`) declares its own modules and does not use this crate. Only modules that need
+//! nothing else of the server belong here.
+
+pub mod fanout;
+
+pub mod bus {
+    //! See `bus/mod.rs`; only the parts that stand alone.
+    pub mod memory;
+    pub mod redis;
+}
