@@ -1,0 +1,146 @@
+//! One drill's cluster, all private to it: a `redis-server`, the broker with a topic of the
+//! drill's own (created explicitly), a fresh database, two `chat-server` nodes in cluster mode
+//! and the `chat-persister` on that topic and database. Dropped in that order, backwards:
+//! processes first, then the services, then the directory with the logs.
+
+use crate::kafka::Kafka;
+use crate::pg::{Db, SHARED_PG};
+use crate::procs::{Node, Persister};
+use chat_testkit::{PrivatePostgres, RedisServer, TempDir};
+
+pub struct Options {
+    /// The drill's name (`node-kill`): logs, topic, database and group names derive from it.
+    pub drill: &'static str,
+    /// The broker must be tansu on durable storage (the drill stops it); without tansu the
+    /// drill is skipped (`SKIPPED:`), or fails with `CHAT_REQUIRE_BROKER=1`.
+    pub durable_broker: bool,
+    /// A private PostgreSQL that the drill may stop, instead of a database on the shared one.
+    pub private_postgres: bool,
+    /// Extra flags for every node.
+    pub node_args: Vec<String>,
+    pub nodes: usize,
+    pub partitions: u32,
+}
+
+impl Options {
+    pub fn new(drill: &'static str) -> Options {
+        Options {
+            drill,
+            durable_broker: false,
+            private_postgres: false,
+            node_args: Vec::new(),
+            nodes: 2,
+            partitions: 4,
+        }
+    }
+}
+
+pub struct Cluster {
+    pub nodes: Vec<Node>,
+    pub persister: Persister,
+    pub kafka: Kafka,
+    pub redis: RedisServer,
+    pub db: Db,
+    pub pg: Option<PrivatePostgres>,
+    pub topic: String,
+    pub drill: &'static str,
+    node_args: Vec<String>,
+    pub dir: TempDir,
+}
+
+/// `drill_<name>_<pid>_<random>`: a PostgreSQL identifier and Kafka topic name nobody else uses.
+fn unique(drill: &str) -> String {
+    format!(
+        "drill_{}_{}_{:08x}",
+        drill.replace('-', "_"),
+        std::process::id(),
+        chat_testkit::process::random_u64() as u32
+    )
+}
+
+impl Cluster {
+    /// Starts everything; `None` when the drill needs tansu and it is not installed.
+    pub async fn start(opts: Options) -> Option<Cluster> {
+        let dir = TempDir::new(&format!("drill-{}", opts.drill));
+        let kafka = if opts.durable_broker {
+            Kafka::tansu(true)?
+        } else {
+            Kafka::start(false)
+        };
+        let name = unique(opts.drill);
+        let topic = name.clone();
+        kafka.create_topic(&topic, opts.partitions);
+        let redis = RedisServer::start();
+        let pg = opts.private_postgres.then(PrivatePostgres::start);
+        let admin = pg.as_ref().map_or(SHARED_PG.to_string(), |p| p.url());
+        let db = Db::create(&admin, &name).await;
+        let persister = Persister::start(&kafka.addr(), &db.url, &topic, &name, dir.path());
+        let mut node_args: Vec<String> = [
+            "--threads",
+            "2",
+            "--rate-limit",
+            "0",
+            "--redis",
+            &redis.url(),
+            "--kafka",
+            &kafka.addr(),
+            "--kafka-topic",
+            &topic,
+            "--postgres",
+            &db.url,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        node_args.extend(opts.node_args.iter().cloned());
+        let nodes = (0..opts.nodes)
+            .map(|i| Node::start(&format!("node{i}"), &node_args, dir.path()))
+            .collect();
+        let cluster = Cluster {
+            nodes,
+            persister,
+            kafka,
+            redis,
+            db,
+            pg,
+            topic,
+            drill: opts.drill,
+            node_args,
+            dir,
+        };
+        eprintln!(
+            "drill {}: nodes {}, redis {}, broker {} ({}), topic {}, database {}, logs in {}",
+            cluster.drill,
+            cluster.urls().join(" "),
+            cluster.redis.url(),
+            cluster.kafka.addr(),
+            cluster.kafka.kind(),
+            cluster.topic,
+            cluster.db.url,
+            cluster.dir.path().display()
+        );
+        Some(cluster)
+    }
+
+    /// `ws://ADDR` of every node, for the scenario.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(Node::url).collect()
+    }
+
+    /// Starts one more node with the same flags (say after one was killed).
+    pub fn add_node(&mut self) -> usize {
+        let i = self.nodes.len();
+        let node = Node::start(&format!("node{i}"), &self.node_args, self.dir.path());
+        self.nodes.push(node);
+        i
+    }
+
+    /// The sum of a metric over every node that still answers.
+    pub fn node_metric(&self, name: &str) -> f64 {
+        self.nodes
+            .iter()
+            .filter_map(|n| crate::procs::http_get(&n.addr.to_string(), "/metrics").ok())
+            .map(|(_, text)| crate::procs::metric_sum(&text, name))
+            .sum()
+    }
+}
