@@ -5,6 +5,7 @@
 
 mod support;
 
+use chat_testkit::{Broker, RedisCluster, RedisServer};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::mocking::MockCluster;
 use rdkafka::Message;
@@ -12,7 +13,6 @@ use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 use support::client::{http_get, send_req, Client};
-use support::services::{Broker, RedisCluster, RedisServer};
 use support::Server;
 
 /// Nodes of one cluster, all pointed at the same Redis (and Kafka).
@@ -409,8 +409,8 @@ async fn a_cut_link_is_noticed_and_the_gap_filled_from_the_cache() {
     let (acked, seen) = traffic_through(&n, "cut", 200, move || {
         // Cut every client's link (pub/sub included), twice, while messages flow.
         for _ in 0..2 {
-            support::services::redis_cli(port, &["CLIENT", "KILL", "TYPE", "pubsub"]);
-            support::services::redis_cli(port, &["CLIENT", "KILL", "TYPE", "normal"]);
+            chat_testkit::redis_cli(port, &["CLIENT", "KILL", "TYPE", "pubsub"]);
+            chat_testkit::redis_cli(port, &["CLIENT", "KILL", "TYPE", "normal"]);
             std::thread::sleep(Duration::from_millis(150));
         }
     })

@@ -7,6 +7,7 @@
 
 mod support;
 
+use chat_testkit::RedisServer;
 use rdkafka::mocking::MockCluster;
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader};
@@ -14,7 +15,6 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use support::client::{send_req, Client};
-use support::services::RedisServer;
 use support::Server;
 use tokio_postgres::NoTls;
 

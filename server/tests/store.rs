@@ -7,10 +7,10 @@
 
 mod support;
 
+use chat_testkit::RedisServer;
 use serde_json::{json, Value};
 use std::time::Duration;
 use support::client::{send_req, Client};
-use support::services::RedisServer;
 use support::Server;
 use tokio_postgres::NoTls;
 

@@ -1,13 +1,11 @@
-//! The test services themselves (`support/services.rs`): a private Redis keeps acknowledged
+//! The test services themselves (the `chat-testkit` crate): a private Redis keeps acknowledged
 //! writes over a stop, a kill and a restart and loses them when told to; a three-master Redis
 //! Cluster forms and routes keys; the tansu broker starts, creates topics idempotently and keeps
 //! them over a restart when durable. Without tansu the broker tests print `SKIPPED: ...`
 //! (they fail instead under `CHAT_REQUIRE_BROKER=1`).
 
-mod support;
-
+use chat_testkit::{free_port, Broker, RedisCluster, RedisServer};
 use std::collections::HashSet;
-use support::services::{free_port, Broker, RedisCluster, RedisServer};
 
 #[test]
 fn free_ports_are_free_and_distinct() {

@@ -2,8 +2,6 @@
 //! `chat-persister` binary as a child process, records produced with rdkafka.
 #![allow(dead_code)]
 
-pub mod services;
-
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{BaseProducer, BaseRecord, FutureProducer, FutureRecord, Producer};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -14,7 +12,7 @@ use std::time::{Duration, Instant};
 use tokio_postgres::{Client, NoTls};
 
 #[allow(unused_imports)]
-pub use services::{Broker, PrivatePostgres, TempDir};
+pub use chat_testkit::{Broker, PrivatePostgres, TempDir};
 
 /// The shared PostgreSQL (never stopped, never wiped: each test makes its own database).
 pub const SHARED_PG: &str = "postgres://postgres@127.0.0.1:5432/test";
@@ -209,7 +207,7 @@ impl Persister {
             .unwrap_or_else(|| {
                 panic!(
                     "first line {line:?} is not `metrics on http://ADDR`; log:\n{}",
-                    services::log_tail(&log, 30)
+                    chat_testkit::log_tail(&log, 30)
                 )
             })
             .to_string();
@@ -227,7 +225,7 @@ impl Persister {
     }
 
     pub fn log_tail(&self, lines: usize) -> String {
-        services::log_tail(&self.log, lines)
+        chat_testkit::log_tail(&self.log, lines)
     }
 
     pub fn log_text(&self) -> String {
@@ -253,7 +251,7 @@ impl Persister {
 
     /// Sends SIGTERM and waits for the exit (panics after `timeout`).
     pub fn terminate(&mut self, timeout: Duration) -> ExitStatus {
-        services::send_signal(self.child.id(), "TERM");
+        chat_testkit::send_signal(self.child.id(), "TERM");
         self.wait(timeout)
     }
 

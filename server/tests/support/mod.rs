@@ -5,7 +5,6 @@
 #![allow(dead_code)]
 
 pub mod client;
-pub mod services;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;

@@ -1,0 +1,272 @@
+//! The tansu Kafka-protocol broker as a child process, on durable (`sqlite://`) or in-memory
+//! storage, that tests may stop, kill and start again.
+//!
+//! The broker is optional on a developer machine: [`Broker::start`] prints
+//! `SKIPPED: needs the tansu broker (scripts/broker.sh install)` and returns `None` when the
+//! binary is missing, unless `CHAT_REQUIRE_BROKER=1` (set by `scripts/test.sh`), which makes it
+//! panic instead. The binary is `$CHAT_TANSU`, else `$CHAT_TOOLS/bin/tansu`, else
+//! `${XDG_CACHE_HOME:-$HOME/.cache}/chat-tools/bin/tansu`, else `tansu` on `PATH` (the same
+//! search as `scripts/broker.sh path`).
+
+use crate::process::*;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The tansu binary, if there is one (see the module docs for where it is looked for).
+pub fn tansu_binary() -> Option<PathBuf> {
+    let executable = |p: &Path| p.is_file().then(|| p.to_path_buf());
+    if let Some(p) = std::env::var_os("CHAT_TANSU").filter(|p| !p.is_empty()) {
+        return executable(Path::new(&p));
+    }
+    let cache = std::env::var_os("CHAT_TOOLS")
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("XDG_CACHE_HOME")
+                .filter(|p| !p.is_empty())
+                .map(|p| PathBuf::from(p).join("chat-tools"))
+        })
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache").join("chat-tools"))
+        });
+    if let Some(found) = cache.and_then(|c| executable(&c.join("bin").join("tansu"))) {
+        return Some(found);
+    }
+    std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .find_map(|dir| executable(&dir.join("tansu")))
+}
+
+/// A tansu broker (Kafka protocol) on a free loopback port.
+pub struct Broker {
+    bin: PathBuf,
+    port: u16,
+    durable: bool,
+    child: Option<Child>,
+    dir: TempDir,
+}
+
+impl Broker {
+    /// Starts a broker: durable keeps topics and records in SQLite in its temp dir (they survive
+    /// [`Broker::stop`] + [`Broker::start_again`]); not durable keeps them in memory.
+    ///
+    /// `None` (after `SKIPPED: ...` on stderr) when tansu is not installed, unless
+    /// `CHAT_REQUIRE_BROKER=1`: then it panics.
+    pub fn start(durable: bool) -> Option<Broker> {
+        let Some(bin) = tansu_binary() else {
+            if std::env::var("CHAT_REQUIRE_BROKER").as_deref() == Ok("1") {
+                panic!(
+                    "CHAT_REQUIRE_BROKER=1 but the tansu broker was not found (CHAT_TANSU, \
+                     ~/.cache/chat-tools/bin/tansu, PATH): run scripts/broker.sh install"
+                );
+            }
+            eprintln!("SKIPPED: needs the tansu broker (scripts/broker.sh install)");
+            return None;
+        };
+        let dir = TempDir::new("tansu");
+        fs::create_dir_all(dir.path().join("data")).expect("create the broker's data dir");
+        let mut broker = Broker {
+            bin,
+            port: 0,
+            durable,
+            child: None,
+            dir,
+        };
+        let mut last_error = String::new();
+        for _ in 0..5 {
+            broker.port = free_port();
+            match broker.spawn() {
+                Ok(()) => return Some(broker),
+                Err(e) => last_error = e,
+            }
+        }
+        panic!("tansu broker did not start: {last_error}");
+    }
+
+    fn log(&self) -> PathBuf {
+        self.dir.path().join("tansu.log")
+    }
+
+    /// `tcp://127.0.0.1:PORT`, the form tansu's own flags take.
+    fn tansu_url(&self) -> String {
+        format!("tcp://127.0.0.1:{}", self.port)
+    }
+
+    fn spawn(&mut self) -> Result<(), String> {
+        // tansu resolves a sqlite:// URL relative to its working directory (host + path), so
+        // it runs in the temp dir and stores data/tansu.db there.
+        let storage = if self.durable {
+            "sqlite://data/tansu.db"
+        } else {
+            "memory://tansu/"
+        };
+        let url = self.tansu_url();
+        let log = self.log();
+        let mut cmd = Command::new(&self.bin);
+        cmd.current_dir(self.dir.path())
+            .args(["broker", "--listener-url", &url])
+            .args(["--advertised-listener-url", &url])
+            .args(["--storage-engine", storage])
+            .env(
+                "RUST_LOG",
+                std::env::var("CHAT_TANSU_LOG").unwrap_or_else(|_| "warn".into()),
+            );
+        let mut child = spawn_logged(&mut cmd, &log)
+            .map_err(|e| format!("spawn {}: {e}", self.bin.display()))?;
+        let port = self.port;
+        let what = format!("tansu broker on port {port}");
+        wait_ready(&what, &mut child, &log, START_TIMEOUT, || accepts_tcp(port))?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// `127.0.0.1:PORT`, the bootstrap address for Kafka clients (`--kafka`).
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    /// Runs `tansu ARGS...`; Ok(stdout + stderr) on exit 0, Err(the same) otherwise.
+    fn tansu(&self, args: &[&str]) -> Result<String, String> {
+        let out = Command::new(&self.bin)
+            .current_dir(self.dir.path())
+            .args(args)
+            .env("RUST_LOG", "error")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("run {}: {e}", self.bin.display()));
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if out.status.success() {
+            Ok(text)
+        } else {
+            Err(text)
+        }
+    }
+
+    /// Creates a topic; one that exists already is fine (its partition count is kept).
+    pub fn create_topic(&self, name: &str, partitions: u32) {
+        let url = self.tansu_url();
+        let partitions = partitions.to_string();
+        let args = [
+            "topic",
+            "create",
+            "--broker",
+            &url,
+            "--partitions",
+            &partitions,
+            name,
+        ];
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            match self.tansu(&args) {
+                Ok(_) => return,
+                Err(e) if e.contains("already exists") => return,
+                Err(e) if Instant::now() < deadline => {
+                    eprintln!(
+                        "services: tansu topic create {name}: {}; retrying",
+                        e.trim()
+                    );
+                    std::thread::sleep(Duration::from_millis(250));
+                }
+                Err(e) => panic!(
+                    "tansu topic create {name} on {url}: {e}\nbroker log:\n{}",
+                    log_tail(&self.log(), 30)
+                ),
+            }
+        }
+    }
+
+    /// Every topic of the broker with its partition count (`tansu topic list`).
+    pub fn topic_partitions(&self) -> Vec<(String, usize)> {
+        let url = self.tansu_url();
+        let out = self
+            .tansu(&["topic", "list", "--broker", &url])
+            .unwrap_or_else(|e| panic!("tansu topic list on {url}: {e}"));
+        // A JSON array of topic metadata: {"error_code":0,"name":"T",...,"partitions":[{...,
+        // "partition_index":0,...},...]}. Partitions have no "name", and Kafka topic names are
+        // [a-zA-Z0-9._-] (no escapes), so splitting at "name" cuts one topic per piece.
+        out.split("\"name\":\"")
+            .skip(1)
+            .filter_map(|rest| {
+                let (name, body) = rest.split_once('"')?;
+                Some((
+                    name.to_string(),
+                    body.matches("\"partition_index\"").count(),
+                ))
+            })
+            .collect()
+    }
+
+    /// The names of the broker's topics.
+    pub fn topics(&self) -> Vec<String> {
+        self.topic_partitions()
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect()
+    }
+
+    /// How many partitions a topic has, `None` when it does not exist.
+    pub fn partitions(&self, topic: &str) -> Option<usize> {
+        self.topic_partitions()
+            .into_iter()
+            .find_map(|(n, p)| (n == topic).then_some(p))
+    }
+
+    /// Graceful stop: SIGTERM, SIGKILL after 10 s; waits for the exit. No-op when stopped.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            terminate(&mut child, STOP_TIMEOUT);
+        }
+    }
+
+    /// SIGKILL (a crash); waits for the exit. No-op when stopped.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            kill_now(&mut child);
+        }
+    }
+
+    /// Starts the stopped or killed broker again on the same port with the same storage (a
+    /// durable broker keeps its topics and records; an in-memory one starts empty). Panics when
+    /// it is running.
+    pub fn start_again(&mut self) {
+        assert!(
+            self.child.is_none(),
+            "start_again: the broker on port {} still runs (stop() or kill() it first)",
+            self.port
+        );
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            match self.spawn() {
+                Ok(()) => return,
+                Err(e) if Instant::now() < deadline => {
+                    eprintln!("services: restarting tansu on {}: {e}; retrying", self.port);
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(e) => panic!("tansu broker did not start again: {e}"),
+            }
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -1,0 +1,307 @@
+//! A private `redis-server` and a three-master Redis Cluster, each on free loopback ports in a
+//! temporary directory: tests may stop, kill, restart or wipe them (never the shared 6379).
+
+use crate::process::*;
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// `PING` over RESP: true once Redis answers `+PONG` (not while it is still loading its data).
+pub fn redis_pong(port: u16) -> bool {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+    let mut buf = [0u8; 64];
+    s.write_all(b"PING\r\n").is_ok()
+        && matches!(s.read(&mut buf), Ok(n) if buf[..n].starts_with(b"+PONG"))
+}
+
+/// `redis-cli -p PORT ARGS...`, its stdout with the trailing newline trimmed.
+pub fn redis_cli(port: u16, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run redis-cli (apt-get install redis-tools)");
+    assert!(
+        out.status.success(),
+        "redis-cli -p {port} {args:?}: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim_end().to_string()
+}
+
+/// The flags every test Redis gets: loopback only, every write fsynced to the append-only file
+/// before it is answered (so a stop, a kill or a restart never loses an acknowledged write), no
+/// RDB snapshots.
+const REDIS_BASE_ARGS: &[&str] = &[
+    "--bind",
+    "127.0.0.1",
+    "--daemonize",
+    "no",
+    "--appendonly",
+    "yes",
+    "--appendfsync",
+    "always",
+    "--save",
+    "",
+    "--enable-debug-command",
+    "local",
+];
+
+/// One private `redis-server` process with its own port and data directory.
+pub struct RedisServer {
+    port: u16,
+    extra: Vec<String>,
+    child: Option<Child>,
+    // Last: the directory goes after the process is gone.
+    dir: TempDir,
+}
+
+impl RedisServer {
+    /// Starts a Redis on a free port in a new temporary directory.
+    pub fn start() -> RedisServer {
+        RedisServer::start_with_args(&[])
+    }
+
+    /// As [`RedisServer::start`], with extra `redis-server` flags (say
+    /// `["--maxmemory", "1mb", "--maxmemory-policy", "allkeys-lru"]`); restarts keep them.
+    pub fn start_with_args(extra: &[&str]) -> RedisServer {
+        RedisServer::start_on_free_port("redis", extra, &[])
+    }
+
+    fn start_on_free_port(prefix: &str, extra: &[&str], port_offsets: &[u16]) -> RedisServer {
+        let mut server = RedisServer {
+            port: 0,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            child: None,
+            dir: TempDir::new(prefix),
+        };
+        let mut last_error = String::new();
+        for _ in 0..5 {
+            // Another process may grab the port between the check and redis-server's bind:
+            // then try another one.
+            server.port = pick_port(port_offsets);
+            match server.spawn() {
+                Ok(()) => return server,
+                Err(e) => last_error = e,
+            }
+        }
+        panic!("redis-server did not start: {last_error}");
+    }
+
+    fn log(&self) -> PathBuf {
+        self.dir.path().join("redis.log")
+    }
+
+    fn spawn(&mut self) -> Result<(), String> {
+        let log = self.log();
+        let mut cmd = Command::new("redis-server");
+        cmd.args(["--port", &self.port.to_string()])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .args(REDIS_BASE_ARGS)
+            .args(&self.extra);
+        let mut child = spawn_logged(&mut cmd, &log)
+            .map_err(|e| format!("spawn redis-server (apt-get install redis-server): {e}"))?;
+        let port = self.port;
+        let what = format!("redis-server on port {port}");
+        wait_ready(&what, &mut child, &log, START_TIMEOUT, || redis_pong(port))?;
+        // The PONG could come from another Redis that took the port first: ours must say so.
+        let info = redis_cli(port, &["info", "server"]);
+        let ours = format!("process_id:{}", child.id());
+        if !info.lines().any(|l| l.trim() == ours) {
+            kill_now(&mut child);
+            return Err(format!("port {port} is taken by another Redis"));
+        }
+        self.child = Some(child);
+        Ok(())
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `redis://127.0.0.1:PORT`
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// `127.0.0.1:PORT`
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The data directory (append-only files, `redis.log`).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    /// `redis-cli -p PORT ARGS...` (stdout, trimmed); panics when redis-cli fails.
+    pub fn cli(&self, args: &[&str]) -> String {
+        redis_cli(self.port, args)
+    }
+
+    /// Graceful stop: SIGTERM, SIGKILL after 10 s; waits for the exit. No-op when stopped.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            terminate(&mut child, STOP_TIMEOUT);
+        }
+    }
+
+    /// SIGKILL (a crash); waits for the exit. The append-only file keeps every acknowledged
+    /// write. No-op when stopped.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            kill_now(&mut child);
+        }
+    }
+
+    /// Starts the stopped or killed server again on the same port with the same data
+    /// directory (so with the same data). Panics when it is running.
+    pub fn start_again(&mut self) {
+        assert!(
+            self.child.is_none(),
+            "start_again: redis-server on port {} still runs (stop() or kill() it first)",
+            self.port
+        );
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            match self.spawn() {
+                Ok(()) => return,
+                // The port can stay busy briefly (say a client's socket in TIME_WAIT bound to it
+                // by chance); keep trying, it is ours.
+                Err(e) if Instant::now() < deadline => {
+                    eprintln!("services: restarting redis on {}: {e}; retrying", self.port);
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(e) => panic!("redis-server did not start again: {e}"),
+            }
+        }
+    }
+
+    /// Redis loses its data: stops it, deletes the append-only files and snapshots (keeping
+    /// `redis.log` and, for a cluster node, `nodes.conf`), starts it again on the same port,
+    /// empty.
+    pub fn flushall_and_restart_without_data(&mut self) {
+        self.stop();
+        for name in ["appendonlydir", "appendonly.aof", "dump.rdb"] {
+            let p = self.dir.path().join(name);
+            let _ = fs::remove_dir_all(&p).or_else(|_| fs::remove_file(&p));
+        }
+        self.start_again();
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A Redis Cluster of three masters without replicas (slots split evenly by
+/// `redis-cli --cluster create`), each a [`RedisServer`] with cluster mode on.
+pub struct RedisCluster {
+    nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    pub fn start() -> RedisCluster {
+        let nodes: Vec<RedisServer> = (0..3)
+            .map(|_| {
+                RedisServer::start_on_free_port(
+                    "redis-cluster",
+                    &[
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        "nodes.conf",
+                        "--cluster-node-timeout",
+                        "5000",
+                    ],
+                    &[CLUSTER_BUS_OFFSET],
+                )
+            })
+            .collect();
+        let cluster = RedisCluster { nodes };
+
+        let addrs: Vec<String> = cluster.nodes.iter().map(|n| n.addr()).collect();
+        let out = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run redis-cli --cluster create");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create {addrs:?}: {}\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        cluster.wait_ok(START_TIMEOUT);
+        cluster
+    }
+
+    /// Waits until every running node reports `cluster_state:ok`.
+    pub fn wait_ok(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let states: Vec<String> = self
+                .nodes
+                .iter()
+                .map(|n| {
+                    let info = n.cli(&["cluster", "info"]);
+                    let state = info
+                        .lines()
+                        .find_map(|l| l.trim().strip_prefix("cluster_state:"))
+                        .unwrap_or("?");
+                    format!("{}={state}", n.port)
+                })
+                .collect();
+            if states.iter().all(|s| s.ends_with("=ok")) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "Redis Cluster not ok within {timeout:?}: {states:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `redis://127.0.0.1:PORT` of every node.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.url()).collect()
+    }
+
+    pub fn ports(&self) -> Vec<u16> {
+        self.nodes.iter().map(|n| n.port()).collect()
+    }
+
+    /// One node, to stop, kill or restart it.
+    pub fn node(&mut self, i: usize) -> &mut RedisServer {
+        &mut self.nodes[i]
+    }
+
+    pub fn nodes(&self) -> &[RedisServer] {
+        &self.nodes
+    }
+}
