@@ -137,6 +137,17 @@ pub fn join(room: &str) -> Message {
     text(b.freeze())
 }
 
+/// `{"type":"resume","room":R,"after":N}`.
+pub fn resume(room: &str, after: u64) -> Message {
+    let mut b = BytesMut::with_capacity(room.len() + 48);
+    b.put_slice(br#"{"type":"resume","room":"#);
+    put_json_str(&mut b, room);
+    b.put_slice(br#","after":"#);
+    b.put_slice(after.to_string().as_bytes());
+    b.put_u8(b'}');
+    text(b.freeze())
+}
+
 /// The fixed start of a `send` to `room`, up to the cid's value.
 pub fn send_head(room: &str) -> Bytes {
     let mut b = BytesMut::new();
@@ -199,6 +210,7 @@ pub enum Kind {
     Msg,
     Ack,
     Joined,
+    Resumed,
     Error,
     Other,
 }
@@ -212,9 +224,11 @@ pub struct ServerMsg<'a> {
     pub seq: u64,
     pub cid: &'a [u8],
     pub code: &'a [u8],
+    /// `complete` of a `resumed` reply.
+    pub complete: bool,
 }
 
-/// Reads the top-level `type`, `room`, `seq`, `cid` and `code` of a JSON object; every other
+/// Reads the top-level `type`, `room`, `seq`, `cid`, `code` and `complete` of a JSON object; every other
 /// value (nested ones included) is skipped. `None` for anything that is not a JSON object.
 pub fn parse(b: &[u8]) -> Option<ServerMsg<'_>> {
     let mut m = ServerMsg {
@@ -223,6 +237,7 @@ pub fn parse(b: &[u8]) -> Option<ServerMsg<'_>> {
         seq: 0,
         cid: b"",
         code: b"",
+        complete: false,
     };
     let mut i = ws(b, 0);
     if *b.get(i)? != b'{' {
@@ -250,6 +265,7 @@ pub fn parse(b: &[u8]) -> Option<ServerMsg<'_>> {
                             b"msg" => Kind::Msg,
                             b"ack" => Kind::Ack,
                             b"joined" => Kind::Joined,
+                            b"resumed" => Kind::Resumed,
                             b"error" => Kind::Error,
                             _ => Kind::Other,
                         }
@@ -265,8 +281,10 @@ pub fn parse(b: &[u8]) -> Option<ServerMsg<'_>> {
                 while i < b.len() && !matches!(b[i], b',' | b'}' | b' ' | b'\n' | b'\r' | b'\t') {
                     i += 1;
                 }
-                if key == b"seq" {
-                    m.seq = crate::schedule::parse_u64(&b[start..i])?;
+                match key {
+                    b"seq" => m.seq = crate::schedule::parse_u64(&b[start..i])?,
+                    b"complete" => m.complete = &b[start..i] == b"true",
+                    _ => {}
                 }
             }
         }
@@ -353,6 +371,10 @@ mod tests {
         assert_eq!((h.kind, h.seq), (Kind::Other, 0));
         let j = parse(br#"{"type":"joined","room":"r","seq":0}"#).unwrap();
         assert_eq!(j.kind, Kind::Joined);
+        let r = parse(br#"{"type":"resumed","room":"r","seq":7,"complete":true}"#).unwrap();
+        assert_eq!((r.kind, r.seq, r.complete), (Kind::Resumed, 7, true));
+        let r = parse(br#"{"type":"resumed","room":"r","seq":7,"complete":false}"#).unwrap();
+        assert!(!r.complete);
         assert_eq!(parse(b"[1]"), None);
         assert_eq!(parse(br#"{"type":"msg""#), None);
         assert_eq!(parse(br#"{"seq":-1}"#), None);
@@ -375,6 +397,10 @@ mod tests {
         assert_eq!(
             join("x").to_text().unwrap(),
             r#"{"type":"join","room":"x"}"#
+        );
+        assert_eq!(
+            resume("x", 42).to_text().unwrap(),
+            r#"{"type":"resume","room":"x","after":42}"#
         );
     }
 

@@ -322,8 +322,10 @@ pub async fn run(opts: &RunOptions) -> Result<RunResult, String> {
     let mut hists = Hists::default();
     let mut agents = Vec::new();
     let mut first_errors = Vec::new();
+    let mut acks = Vec::new();
     for (i, r) in reports.into_iter().enumerate() {
-        let r = r.ok_or_else(|| format!("{}: no report", names[i]))?;
+        let mut r = r.ok_or_else(|| format!("{}: no report", names[i]))?;
+        acks.append(&mut r.acks);
         counters.add(&r.counters);
         hists.add(&r.hists.decode()?);
         if let Some(e) = &r.first_error {
@@ -446,6 +448,7 @@ pub async fn run(opts: &RunOptions) -> Result<RunResult, String> {
         },
         series,
         histograms: hists.to_wire(),
+        acks,
     };
     result.write(&opts.results_dir.join(&name), opts.plots)?;
     Ok(result)

@@ -17,6 +17,7 @@
 use crate::client::{self, ConnConfig, Kind, SendEncoder, Target, Ws};
 use crate::cpu;
 use crate::persist;
+use crate::report::AckRecord;
 use crate::scenario::{dm_users, is_dm_key, Key, Layout, Scenario};
 use crate::schedule::{parse_cid, Schedule};
 use crate::stats::{record_ns, Counters, Hists, HistsWire, Tick, TickMerger};
@@ -68,6 +69,9 @@ pub struct AgentReport {
     /// CPU / wall time of each shard thread over the same span (1.0 = one core, saturated).
     pub thread_utilization: Vec<f64>,
     pub first_error: Option<String>,
+    /// Every ack, when the scenario records them.
+    #[serde(default)]
+    pub acks: Vec<AckRecord>,
 }
 
 /// Counters the controller watches while draining (written by one shard, read by the
@@ -79,6 +83,8 @@ struct Totals {
     delivered: AtomicU64,
     expected: AtomicU64,
     senders_left: AtomicU64,
+    /// Stalled connections still waiting to learn whether the server closed them.
+    stalled_left: AtomicU64,
 }
 
 struct ShardReady {
@@ -93,6 +99,7 @@ struct ShardReport {
     streams: Vec<(u32, Key, StreamSummary)>,
     thread_utilization: f64,
     first_error: Option<String>,
+    acks: Vec<AckRecord>,
 }
 
 /// A share whose connections are open and joined, waiting for its start instant.
@@ -161,6 +168,9 @@ pub async fn prepare(share: Share, ticks: mpsc::UnboundedSender<Tick>) -> Result
         let conns: Vec<u32> = (0..layout.conns)
             .filter(|c| *c as usize % threads == id)
             .collect();
+        let stalled: Vec<u32> = (0..scenario.stalled as u32)
+            .filter(|i| *i as usize % threads == id)
+            .collect();
         let (ready_tx, ready_rx) = oneshot::channel();
         let (start_tx, start_rx) = oneshot::channel();
         let (report_tx, report_rx) = oneshot::channel();
@@ -170,7 +180,9 @@ pub async fn prepare(share: Share, ticks: mpsc::UnboundedSender<Tick>) -> Result
             scenario: scenario.clone(),
             targets: targets.clone(),
             totals: t.clone(),
+            id,
             conns,
+            stalled,
             setup,
             ready_tx,
             start_rx,
@@ -244,6 +256,7 @@ impl Prepared {
                 self.totals.iter().map(|t| f(t).load(Relaxed)).sum()
             };
             let done = sum(|t| &t.senders_left) == 0
+                && sum(|t| &t.stalled_left) == 0
                 && sum(|t| &t.answered) >= sum(|t| &t.sent)
                 && sum(|t| &t.delivered) >= sum(|t| &t.expected);
             if done || Instant::now() >= deadline {
@@ -258,8 +271,9 @@ impl Prepared {
         let mut streams = Vec::new();
         let mut thread_utilization = Vec::new();
         let mut first_error = None;
+        let mut acks = Vec::new();
         for r in self.reports {
-            let Ok(r) = r.await else {
+            let Ok(mut r) = r.await else {
                 first_error.get_or_insert_with(|| "a shard thread died".to_string());
                 continue;
             };
@@ -270,6 +284,7 @@ impl Prepared {
                 *e = (*e).max(v);
             }
             streams.extend(r.streams);
+            acks.append(&mut r.acks);
             thread_utilization.push(r.thread_utilization);
             if first_error.is_none() {
                 first_error = r.first_error;
@@ -301,6 +316,7 @@ impl Prepared {
             wall_seconds,
             thread_utilization,
             first_error,
+            acks,
         }
     }
 }
@@ -349,6 +365,10 @@ struct ShardInit {
     targets: Arc<Vec<Target>>,
     totals: Arc<Totals>,
     conns: Vec<u32>,
+    /// This shard's number (0..threads).
+    id: usize,
+    /// Stalled connections (slow consumers) of this shard.
+    stalled: Vec<u32>,
     setup: Instant,
     ready_tx: oneshot::Sender<ShardReady>,
     start_rx: oneshot::Receiver<Instant>,
@@ -384,6 +404,7 @@ struct ShardStats {
     tick: Tick,
     acked_max: HashMap<Key, u64>,
     first_error: Option<String>,
+    acks: Vec<AckRecord>,
 }
 
 /// A receiver's streams, by room key.
@@ -425,8 +446,16 @@ impl Shard {
         self.tick_second.set(s + 1);
     }
 
-    /// Everything a connection receives after its joins.
-    fn on_frame(&self, c: u32, b: &[u8], now: Instant, streams: &RefCell<ConnStreams>) {
+    /// Everything a connection receives after its joins. `outbox` is the connection's write
+    /// side when it sends.
+    fn on_frame(
+        &self,
+        c: u32,
+        b: &[u8],
+        now: Instant,
+        streams: &RefCell<ConnStreams>,
+        outbox: Option<&Rc<Outbox>>,
+    ) {
         let Some(m) = client::parse(b) else {
             self.stats.borrow_mut().counters.unparsed += 1;
             return;
@@ -470,12 +499,26 @@ impl Shard {
                 }
             }
             Kind::Ack => {
-                let Some((_, k, intended)) = parse_cid(m.cid) else {
+                let Some((role, k, intended)) = parse_cid(m.cid) else {
                     self.stats.borrow_mut().counters.unparsed += 1;
                     return;
                 };
+                if let Some(ob) = outbox.filter(|_| self.scenario.reconnect) {
+                    if ob.pending.borrow_mut().remove(&(role, k)).is_none() {
+                        // A re-sent message answered a second time (same seq: the dedupe).
+                        self.stats.borrow_mut().counters.duplicate_acks += 1;
+                        return;
+                    }
+                }
                 self.totals.answered.fetch_add(1, Relaxed);
                 let mut st = self.stats.borrow_mut();
+                if self.scenario.record_acks {
+                    st.acks.push(AckRecord {
+                        room: String::from_utf8_lossy(m.room).into_owned(),
+                        seq: m.seq,
+                        cid: String::from_utf8_lossy(m.cid).into_owned(),
+                    });
+                }
                 st.counters.acked += 1;
                 st.tick.acked += 1;
                 if intended >= self.warmup_ns {
@@ -511,6 +554,20 @@ impl Shard {
                         .entry(format!("{code} (no cid)"))
                         .or_default() += 1;
                 } else {
+                    let unavailable = m.code == b"unavailable";
+                    st.counters.unavailable += u64::from(unavailable);
+                    if let (Some(ob), Some((role, k, _))) =
+                        (outbox.filter(|_| self.scenario.reconnect), parse_cid(m.cid))
+                    {
+                        if unavailable {
+                            // Retried with the same cid after a backoff: not an answer yet.
+                            st.tick.errors += 1;
+                            drop(st);
+                            retry_later(ob, (role, k));
+                            return;
+                        }
+                        ob.pending.borrow_mut().remove(&(role, k));
+                    }
                     self.totals.answered.fetch_add(1, Relaxed);
                     st.counters.send_errors += 1;
                     st.tick.errors += 1;
@@ -519,6 +576,11 @@ impl Shard {
                         .entry(code.into_owned())
                         .or_default() += 1;
                 }
+            }
+            Kind::Resumed => {
+                let mut st = self.stats.borrow_mut();
+                st.counters.resumes += 1;
+                st.counters.resume_incomplete += u64::from(!m.complete);
             }
             Kind::Joined | Kind::Other => {}
         }
@@ -533,6 +595,9 @@ async fn shard_main(init: ShardInit) -> ShardReport {
         .filter(|&&c| !init.layout.conn_roles[c as usize].is_empty())
         .count();
     init.totals.senders_left.store(senders as u64, Relaxed);
+    init.totals
+        .stalled_left
+        .store(init.stalled.len() as u64, Relaxed);
     let (timer, timer_driver) = PreciseTimer::new();
     tokio::task::spawn_local(timer_driver);
     let sh = Rc::new(Shard {
@@ -552,10 +617,11 @@ async fn shard_main(init: ShardInit) -> ShardReport {
             tick: Tick::new(0),
             acked_max: HashMap::new(),
             first_error: None,
+            acks: Vec::new(),
         }),
         start: Cell::new(None),
         start_signal: watch::channel(None).0,
-        ready_left: Cell::new(init.conns.len()),
+        ready_left: Cell::new(init.conns.len() + init.stalled.len()),
         ready_notify: Notify::new(),
         stopping: Cell::new(false),
         conns: RefCell::new(Vec::new()),
@@ -564,12 +630,15 @@ async fn shard_main(init: ShardInit) -> ShardReport {
         persist_tx: init.persist_tx,
         timer,
     });
-    if init.conns.is_empty() {
+    if init.conns.is_empty() && init.stalled.is_empty() {
         sh.ready_notify.notify_one();
     }
     for &c in &init.conns {
         let at = init.setup + Duration::from_secs_f64(c as f64 / s.connect_rate);
         tokio::task::spawn_local(conn_task(sh.clone(), c, at));
+    }
+    for &i in &init.stalled {
+        tokio::task::spawn_local(stalled_task(sh.clone(), i));
     }
     while sh.ready_left.get() > 0 {
         sh.ready_notify.notified().await;
@@ -599,7 +668,8 @@ async fn shard_main(init: ShardInit) -> ShardReport {
             ticker.emit_tick();
         }
     });
-    if let Some(p) = s.inject_pause {
+    // The first shard only: one stalled thread among running ones.
+    if let Some(p) = s.inject_pause.filter(|_| init.id == 0) {
         tokio::task::spawn_local(async move {
             tokio::time::sleep_until((start + Duration::from_secs_f64(p.at)).into()).await;
             // Blocks the whole shard thread, like a GC pause or a descheduled process would.
@@ -641,11 +711,14 @@ fn shard_report(sh: &Shard, thread_utilization: f64) -> ShardReport {
         streams,
         thread_utilization,
         first_error: st.first_error.take(),
+        acks: std::mem::take(&mut st.acks),
     }
 }
 
-/// Connects, joins, then reads until the end; a sending connection hands its write half to a
-/// [`sender_task`].
+/// Connects, joins, then reads until the end. A sending connection's messages go through its
+/// [`Outbox`]: a [`sender_task`] makes them on schedule and a [`writer_task`] writes them to
+/// whichever connection is current. With `reconnect`, a connection that ends early is opened
+/// again (on the next node) and resumes its rooms where its streams stopped.
 async fn conn_task(sh: Rc<Shard>, c: u32, connect_at: Instant) {
     tokio::time::sleep_until(connect_at.into()).await;
     let layout = sh.layout.clone();
@@ -718,40 +791,284 @@ async fn conn_task(sh: Rc<Shard>, c: u32, connect_at: Instant) {
         }
         return;
     }
-    if sends {
-        let (sink, stream) = ws.split();
-        tokio::task::spawn_local(sender_task(sh.clone(), c, sink));
-        reader(sh, c, stream, streams).await;
-    } else {
-        // Receive-only connections skip the split (and its lock on every read).
-        reader(sh, c, ws, streams).await;
+    let outbox = sends.then(|| {
+        let (outbox, messages, sinks) = Outbox::new();
+        tokio::task::spawn_local(writer_task(sh.clone(), c, outbox.clone(), messages, sinks));
+        tokio::task::spawn_local(sender_task(sh.clone(), c, outbox.clone()));
+        outbox
+    });
+    let mut attempt = 0;
+    let mut backoff = MIN_BACKOFF;
+    loop {
+        let opened = Instant::now();
+        match &outbox {
+            Some(ob) => {
+                let (sink, stream) = ws.split();
+                ob.generation.set(ob.generation.get() + 1);
+                let _ = ob.sinks.send((ob.generation.get(), sink));
+                reader(&sh, c, stream, &streams, Some(ob)).await;
+            }
+            // Receive-only connections skip the split (and its lock on every read).
+            None => reader(&sh, c, ws, &streams, None).await,
+        }
+        if sh.stopping.get() {
+            return;
+        }
+        if !sh.scenario.reconnect {
+            sh.stats.borrow_mut().counters.disconnects += 1;
+            return;
+        }
+        // A connection that ends right away again (say its resume cannot be served) must not
+        // turn into a reconnect storm: the backoff only resets after a connection that lasted.
+        if opened.elapsed() > Duration::from_secs(2) {
+            backoff = MIN_BACKOFF;
+        }
+        match reconnect(&sh, c, &mut attempt, &mut backoff, &streams).await {
+            Some(again) => {
+                ws = again;
+                sh.stats.borrow_mut().counters.reconnects += 1;
+            }
+            None => {
+                if !sh.stopping.get() {
+                    sh.stats.borrow_mut().counters.disconnects += 1;
+                }
+                return;
+            }
+        }
     }
 }
 
-async fn reader<S>(sh: Rc<Shard>, c: u32, mut stream: S, streams: Rc<RefCell<ConnStreams>>)
-where
+const MIN_BACKOFF: Duration = Duration::from_millis(50);
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+/// Opens connection `c` again, on the next node each attempt, after `backoff` (doubling up to
+/// 1 s per failed attempt), and asks to `resume` every room it follows after the last seq it
+/// saw there. `None` once the run is stopping.
+async fn reconnect(
+    sh: &Shard,
+    c: u32,
+    attempt: &mut usize,
+    backoff: &mut Duration,
+    streams: &RefCell<ConnStreams>,
+) -> Option<Ws> {
+    let layout = &*sh.layout;
+    loop {
+        tokio::time::sleep(*backoff).await;
+        *backoff = (*backoff * 2).min(MAX_BACKOFF);
+        if sh.stopping.get() {
+            return None;
+        }
+        *attempt += 1;
+        let n = sh.targets.len();
+        let target = &sh.targets[(layout.conn_url[c as usize] as usize + *attempt) % n];
+        let source = client::source_ip(&target.addr, c as usize, sh.scenario.source_ips);
+        if let Ok(mut ws) = client::connect(target, source, &layout.user(c), sh.cfg).await {
+            let mut keys: Vec<Key> = layout.conn_rooms[c as usize]
+                .iter()
+                .map(|&r| r as Key)
+                .collect();
+            if sh.scenario.dm_share > 0.0 {
+                keys.extend(layout.dm_keys_of(c));
+            }
+            let resumes: Vec<Message> = {
+                let mut cs = streams.borrow_mut();
+                keys.iter()
+                    .map(|&k| {
+                        let after = cs.streams.entry(k).or_insert_with(|| Stream::new(0));
+                        client::resume(&layout.room_of_key(k), after.highest())
+                    })
+                    .collect()
+            };
+            let mut ok = true;
+            for m in resumes {
+                ok = ok && ws.feed(m).await.is_ok();
+            }
+            if ok && ws.flush().await.is_ok() {
+                return Some(ws);
+            }
+        }
+    }
+}
+
+/// Reads one connection until it ends.
+async fn reader<S>(
+    sh: &Shard,
+    c: u32,
+    mut stream: S,
+    streams: &RefCell<ConnStreams>,
+    outbox: Option<&Rc<Outbox>>,
+) where
     S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
 {
+    // With `reconnect`, an ended connection is expected (a drill): it is counted, not reported.
+    let report = |e: String| {
+        if !sh.stopping.get() && !sh.scenario.reconnect {
+            sh.error(e);
+        }
+    };
     while let Some(item) = stream.next().await {
         match item {
-            Ok(Message::Text(t)) => sh.on_frame(c, t.as_bytes(), Instant::now(), &streams),
+            Ok(Message::Text(t)) => sh.on_frame(c, t.as_bytes(), Instant::now(), streams, outbox),
             Ok(Message::Close(f)) => {
-                if !sh.stopping.get() {
-                    sh.error(format!("connection {c} closed by the server: {f:?}"));
-                }
+                report(format!("connection {c} closed by the server: {f:?}"));
                 break;
             }
             Ok(_) => {}
             Err(e) => {
-                if !sh.stopping.get() {
-                    sh.error(format!("connection {c}: {e}"));
-                }
+                report(format!("connection {c}: {e}"));
                 break;
             }
         }
     }
-    if !sh.stopping.get() {
-        sh.stats.borrow_mut().counters.disconnects += 1;
+}
+
+/// A message of the sender's schedule: (role, k) from its cid.
+type SendKey = (u32, u64);
+
+/// A send not answered yet (kept only with `reconnect`).
+struct Pending {
+    msg: Message,
+    /// The connection generation that last carried it (0: waiting to be written).
+    written: u32,
+    /// `unavailable` answers so far (for the retry backoff).
+    attempts: u32,
+}
+
+/// A sending connection's write side, which outlives each TCP connection: the schedule's
+/// messages queue here and the [`writer_task`] writes them to the current connection.
+struct Outbox {
+    messages: mpsc::UnboundedSender<(SendKey, Message)>,
+    /// Write halves of (re)opened connections, with their generation.
+    sinks: mpsc::UnboundedSender<(u32, SplitSink<Ws, Message>)>,
+    generation: Cell<u32>,
+    /// With `reconnect`: every message not answered yet.
+    pending: RefCell<HashMap<SendKey, Pending>>,
+}
+
+type OutboxParts = (
+    Rc<Outbox>,
+    mpsc::UnboundedReceiver<(SendKey, Message)>,
+    mpsc::UnboundedReceiver<(u32, SplitSink<Ws, Message>)>,
+);
+
+impl Outbox {
+    fn new() -> OutboxParts {
+        let (messages, messages_rx) = mpsc::unbounded_channel();
+        let (sinks, sinks_rx) = mpsc::unbounded_channel();
+        let ob = Rc::new(Outbox {
+            messages,
+            sinks,
+            generation: Cell::new(0),
+            pending: RefCell::new(HashMap::new()),
+        });
+        (ob, messages_rx, sinks_rx)
+    }
+}
+
+/// Retries a send answered `unavailable` with the same cid, after 50 ms doubling per attempt
+/// up to 1 s (the server asks for exactly this: "retry with the same cid").
+fn retry_later(ob: &Rc<Outbox>, key: SendKey) {
+    let delay = {
+        let mut pending = ob.pending.borrow_mut();
+        let Some(p) = pending.get_mut(&key) else {
+            return;
+        };
+        p.attempts += 1;
+        p.written = 0;
+        Duration::from_millis(50 << p.attempts.min(5).saturating_sub(1)).min(Duration::from_secs(1))
+    };
+    let ob = ob.clone();
+    tokio::task::spawn_local(async move {
+        tokio::time::sleep(delay).await;
+        let msg = ob.pending.borrow().get(&key).map(|p| p.msg.clone());
+        if let Some(msg) = msg {
+            let _ = ob.messages.send((key, msg));
+        }
+    });
+}
+
+/// Writes a sending connection's messages to its current connection: everything queued at
+/// once as one batch (`feed` each, one `flush`). On a new connection it first re-sends every
+/// unanswered message the old one carried (`reconnect`).
+async fn writer_task(
+    sh: Rc<Shard>,
+    c: u32,
+    ob: Rc<Outbox>,
+    mut messages: mpsc::UnboundedReceiver<(SendKey, Message)>,
+    mut sinks: mpsc::UnboundedReceiver<(u32, SplitSink<Ws, Message>)>,
+) {
+    let reconnect = sh.scenario.reconnect;
+    let mut current: Option<(u32, SplitSink<Ws, Message>)> = None;
+    let mut batch = Vec::new();
+    loop {
+        tokio::select! {
+            biased;
+            next = sinks.recv() => {
+                let Some((generation, mut sink)) = next else { return };
+                if reconnect {
+                    // In send order: (k, role).
+                    let mut again: Vec<(SendKey, Message)> = ob
+                        .pending
+                        .borrow()
+                        .iter()
+                        .filter(|(_, p)| p.written != 0 && p.written < generation)
+                        .map(|(k, p)| (*k, p.msg.clone()))
+                        .collect();
+                    again.sort_unstable_by_key(|((role, k), _)| (*k, *role));
+                    let mut ok = true;
+                    for (key, msg) in again {
+                        if let Some(p) = ob.pending.borrow_mut().get_mut(&key) {
+                            p.written = generation;
+                        }
+                        sh.stats.borrow_mut().counters.retries += 1;
+                        ok = ok && sink.feed(msg).await.is_ok();
+                    }
+                    if !(ok && sink.flush().await.is_ok()) {
+                        continue; // this connection is gone already; the next one re-sends
+                    }
+                }
+                current = Some((generation, sink));
+            }
+            first = messages.recv(), if current.is_some() => {
+                let Some(first) = first else { return };
+                batch.push(first);
+                while let Ok(more) = messages.try_recv() {
+                    batch.push(more);
+                }
+                let Some((generation, sink)) = current.as_mut() else { continue };
+                let mut result = Ok(());
+                for (key, msg) in batch.drain(..) {
+                    if reconnect {
+                        let mut pending = ob.pending.borrow_mut();
+                        match pending.get_mut(&key) {
+                            // Answered meanwhile, or already re-sent on this connection.
+                            None => continue,
+                            Some(p) if p.written == *generation => continue,
+                            Some(p) => {
+                                if p.attempts > 0 {
+                                    sh.stats.borrow_mut().counters.retries += 1;
+                                }
+                                p.written = *generation;
+                            }
+                        }
+                    }
+                    if result.is_ok() {
+                        result = sink.feed(msg).await;
+                    }
+                }
+                if result.is_ok() {
+                    result = sink.flush().await;
+                }
+                if let Err(e) = result {
+                    if !reconnect && !sh.stopping.get() {
+                        sh.error(format!("send on connection {c}: {e}"));
+                    }
+                    // Wait for the next connection (with `reconnect`; otherwise none comes and
+                    // the rest stays unanswered).
+                    current = None;
+                }
+            }
+        }
     }
 }
 
@@ -764,9 +1081,9 @@ struct RoleRun {
     dm_head: Option<Bytes>,
 }
 
-/// Sends every message at (or, when behind, as soon as possible after) its intended time;
-/// messages due together are written as one batch (`feed` each, one `flush`).
-async fn sender_task(sh: Rc<Shard>, c: u32, mut sink: SplitSink<Ws, Message>) {
+/// Makes every message at (or, when behind, as soon as possible after) its intended time and
+/// queues it in the connection's [`Outbox`]; messages due together leave as one batch.
+async fn sender_task(sh: Rc<Shard>, c: u32, ob: Rc<Outbox>) {
     let start = sh.wait_start().await;
     let layout = sh.layout.clone();
     let s = sh.scenario.clone();
@@ -791,7 +1108,7 @@ async fn sender_task(sh: Rc<Shard>, c: u32, mut sink: SplitSink<Ws, Message>) {
         })
         .collect();
     let mut enc = SendEncoder::new(s.body);
-    'run: while let Some(next) = runs
+    while let Some(next) = runs
         .iter()
         .filter(|r| r.k < r.schedule.count)
         .map(|r| r.schedule.intended(r.k))
@@ -814,10 +1131,16 @@ async fn sender_task(sh: Rc<Shard>, c: u32, mut sink: SplitSink<Ws, Message>) {
                     _ => &r.room_head,
                 };
                 let msg = enc.encode(head, r.role, r.k, t);
-                if let Err(e) = sink.feed(msg).await {
-                    sh.error(format!("send on connection {c}: {e}"));
-                    break 'run;
+                let key = (r.role, r.k);
+                if s.reconnect {
+                    let pending = Pending {
+                        msg: msg.clone(),
+                        written: 0,
+                        attempts: 0,
+                    };
+                    ob.pending.borrow_mut().insert(key, pending);
                 }
+                let _ = ob.messages.send((key, msg));
                 sh.totals.sent.fetch_add(1, Relaxed);
                 let mut st = sh.stats.borrow_mut();
                 st.tick.sent += 1;
@@ -829,13 +1152,85 @@ async fn sender_task(sh: Rc<Shard>, c: u32, mut sink: SplitSink<Ws, Message>) {
                 r.k += 1;
             }
         }
-        if let Err(e) = sink.flush().await {
-            sh.error(format!("send on connection {c}: {e}"));
-            break;
-        }
+        // Let the writer take the batch before the next wake-up.
+        tokio::task::yield_now().await;
     }
     sh.totals.senders_left.fetch_sub(1, Relaxed);
-    // Keep the write half until the end, so the connection stays fully open.
-    std::future::pending::<()>().await;
-    drop(sink);
+}
+
+/// A slow consumer: joins room `i % rooms` with small buffers, reads normally until `stall_at`
+/// seconds after the start, then stops reading. Once the schedule is over it reads what is
+/// left (up to 10 s) to learn whether the server closed it. Its receptions are not verified.
+async fn stalled_task(sh: Rc<Shard>, i: u32) {
+    let layout = sh.layout.clone();
+    let n = sh.targets.len();
+    let target = &sh.targets[i as usize % n];
+    let cfg = ConnConfig {
+        read_buffer: 4096,
+        write_buffer: 4096,
+        socket_buffer: 4096,
+    };
+    let user = format!("{}s{i}", layout.prefix);
+    let room = layout.room(i % layout.rooms);
+    let joined = async {
+        let mut ws = client::connect(target, None, &user, cfg).await?;
+        ws.send(client::join(&room))
+            .await
+            .map_err(|e| e.to_string())?;
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Text(t))) => {
+                    let m = client::parse(t.as_bytes());
+                    match m.map(|m| m.kind) {
+                        Some(Kind::Joined) => return Ok(ws),
+                        Some(Kind::Error) => return Err(format!("join: {}", t.as_str())),
+                        _ => {}
+                    }
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(e.to_string()),
+                None => return Err("closed while joining".to_string()),
+            }
+        }
+    };
+    let ws = tokio::time::timeout(Duration::from_secs(30), joined).await;
+    sh.ready_one();
+    let mut ws = match ws {
+        Ok(Ok(ws)) => ws,
+        Ok(Err(e)) => {
+            sh.error(format!("stalled connection {i}: {e}"));
+            sh.stats.borrow_mut().counters.connect_errors += 1;
+            sh.totals.stalled_left.fetch_sub(1, Relaxed);
+            return;
+        }
+        Err(_) => {
+            sh.error(format!("stalled connection {i}: no joined within 30 s"));
+            sh.stats.borrow_mut().counters.connect_errors += 1;
+            sh.totals.stalled_left.fetch_sub(1, Relaxed);
+            return;
+        }
+    };
+    let start = sh.wait_start().await;
+    let stall = start + Duration::from_secs_f64(sh.scenario.stall_at);
+    let mut closed = false;
+    while !closed {
+        match tokio::time::timeout_at(stall.into(), ws.next()).await {
+            Err(_) => break,
+            Ok(Some(Ok(Message::Close(_)) | Err(_)) | None) => closed = true,
+            Ok(Some(Ok(_))) => {}
+        }
+    }
+    // Not reading: the server's queue for this connection fills up.
+    let end = start + Duration::from_secs_f64(sh.scenario.total_secs());
+    tokio::time::sleep_until(end.into()).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !closed {
+        match tokio::time::timeout_at(deadline.into(), ws.next()).await {
+            Err(_) => break,
+            Ok(Some(Ok(Message::Close(_)) | Err(_)) | None) => closed = true,
+            Ok(Some(Ok(_))) => {}
+        }
+    }
+    sh.stats.borrow_mut().counters.stalled_disconnected += u64::from(closed);
+    sh.totals.stalled_left.fetch_sub(1, Relaxed);
 }

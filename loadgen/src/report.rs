@@ -36,6 +36,17 @@ pub struct RunResult {
     pub series: Vec<SecondPoint>,
     /// The merged histograms (V2 + DEFLATE, base64), to recompute any percentile.
     pub histograms: HistsWire,
+    /// Every ack received, when the scenario asks for them (`record_acks`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub acks: Vec<AckRecord>,
+}
+
+/// One `ack`: the message `cid` is durable as (`room`, `seq`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AckRecord {
+    pub room: String,
+    pub seq: u64,
+    pub cid: String,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]

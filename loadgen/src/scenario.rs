@@ -61,8 +61,20 @@ pub struct Scenario {
     pub persist_sample: u64,
     /// Seconds a sampled message may take to show up in PostgreSQL before it counts as missing.
     pub persist_timeout: f64,
-    /// Self-check only: block a load-generator thread for `length` s at `at` s after the start.
+    /// Self-check only: block the first load-generator thread for `length` s at `at` s after
+    /// the start.
     pub inject_pause: Option<Pause>,
+    /// Survive failures like a production client: a connection that ends before the run does
+    /// reconnects to the next node and `resume`s its rooms; unanswered sends are re-sent with
+    /// the same cid, and sends answered `unavailable` are retried after a backoff.
+    pub reconnect: bool,
+    /// Keep every ack (room, seq, cid) in the result (`acks`), for checks against PostgreSQL.
+    pub record_acks: bool,
+    /// Extra connections (one per room, round-robin) that stop reading from their socket at
+    /// `stall_at` s after the start: slow consumers the server must disconnect. Not verified.
+    pub stalled: usize,
+    /// Seconds after the start at which the `stalled` connections stop reading.
+    pub stall_at: f64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -97,6 +109,10 @@ impl Default for Scenario {
             persist_sample: 100,
             persist_timeout: 30.0,
             inject_pause: None,
+            reconnect: false,
+            record_acks: false,
+            stalled: 0,
+            stall_at: 0.0,
         }
     }
 }
@@ -173,6 +189,19 @@ pub struct ScenarioArgs {
     /// Self-check: pause a load-generator thread, `AT:LENGTH` in seconds.
     #[arg(long, hide = true)]
     pub inject_pause: Option<String>,
+    /// Reconnect (to the next node) and resume after a disconnect; retry unanswered and
+    /// `unavailable` sends with the same cid.
+    #[arg(long)]
+    pub reconnect: bool,
+    /// Keep every ack (room, seq, cid) in result.json.
+    #[arg(long)]
+    pub record_acks: bool,
+    /// Slow consumers: this many extra connections that stop reading at --stall-at.
+    #[arg(long)]
+    pub stalled: Option<usize>,
+    /// Seconds after the start at which the --stalled connections stop reading.
+    #[arg(long)]
+    pub stall_at: Option<f64>,
 }
 
 impl ScenarioArgs {
@@ -204,8 +233,12 @@ impl ScenarioArgs {
             socket_buffer,
             drain_timeout,
             persist_sample,
-            persist_timeout
+            persist_timeout,
+            stalled,
+            stall_at
         );
+        s.reconnect |= self.reconnect;
+        s.record_acks |= self.record_acks;
         if let Some(u) = &self.url {
             s.urls = u.clone();
         }
@@ -287,6 +320,9 @@ impl Scenario {
         if self.connect_rate <= 0.0 || self.threads == 0 || self.persist_sample == 0 {
             return bad("connect_rate, threads and persist_sample must be positive".into());
         }
+        if self.stall_at < 0.0 || !self.stall_at.is_finite() {
+            return bad("stall_at must be >= 0".into());
+        }
         if self.body > 16 * 1024 {
             return bad("body is limited to 16 KiB by the protocol".into());
         }
@@ -313,6 +349,7 @@ impl Scenario {
                 if self.connections != 0 {
                     s.connections = part(self.connections, a);
                 }
+                s.stalled = part(self.stalled, a);
                 s.rate = self.rate * s.senders as f64 / self.senders as f64;
                 s.connect_rate =
                     self.connect_rate * s.connection_count() as f64 / total_conns as f64;
@@ -441,6 +478,33 @@ impl Layout {
 
     pub fn room(&self, r: u32) -> String {
         format!("{}r{r}", self.prefix)
+    }
+
+    /// The wire name of a room key: `<prefix>r<r>`, or `dm:<a>:<b>` with the two user names
+    /// in byte order (as the server names DM rooms).
+    pub fn room_of_key(&self, key: Key) -> String {
+        if !is_dm_key(key) {
+            return self.room(key as u32);
+        }
+        let (a, b) = dm_users(key);
+        let (a, b) = (self.user(a), self.user(b));
+        let (a, b) = if a < b { (a, b) } else { (b, a) };
+        format!("dm:{a}:{b}")
+    }
+
+    /// The DM rooms connection `c` takes part in (as a sender's peer or as a sender).
+    pub fn dm_keys_of(&self, c: u32) -> Vec<Key> {
+        let mut keys: Vec<Key> = self
+            .roles
+            .iter()
+            .filter_map(|r| {
+                let p = r.dm_peer?;
+                (r.conn == c || p == c).then(|| dm_key(r.conn, p))
+            })
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        keys
     }
 
     /// Receptions one message to `key` calls for.

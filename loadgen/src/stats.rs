@@ -110,6 +110,20 @@ counters! {
     persist_found,
     /// Of those, rows not seen before the persistence timeout.
     persist_missing,
+    /// Connections that ended and were opened again (`reconnect`).
+    reconnects,
+    /// `resumed` replies received after reconnecting.
+    resumes,
+    /// Of those, `complete: false`: the server could not recover every missed message.
+    resume_incomplete,
+    /// Sends written again: unanswered when their connection ended, or answered `unavailable`.
+    retries,
+    /// `unavailable` replies to sends (retried when `reconnect` is on, else send errors).
+    unavailable,
+    /// Acks for a send that was already acked (a re-sent message answered twice).
+    duplicate_acks,
+    /// Stalled connections (`stalled`) that the server closed.
+    stalled_disconnected,
 }
 
 impl Counters {

@@ -66,6 +66,11 @@ impl Stream {
         }
     }
 
+    /// The highest seq received so far (the join point if none): where a `resume` continues.
+    pub fn highest(&self) -> u64 {
+        self.highest
+    }
+
     pub fn summary(&self) -> StreamSummary {
         StreamSummary {
             base: self.base,

@@ -174,6 +174,11 @@ pub fn chat_server_bin() -> PathBuf {
 /// Starts `chat-server --listen 127.0.0.1:0 --threads 2 --rate-limit 0`; None (after printing
 /// `SKIPPED: ...`) when the binary has not been built.
 pub fn start_chat_server() -> Option<Server> {
+    start_chat_server_with(&[])
+}
+
+/// [`start_chat_server`] with more flags.
+pub fn start_chat_server_with(extra: &[&str]) -> Option<Server> {
     let bin = chat_server_bin();
     if !bin.exists() {
         println!(
@@ -191,6 +196,7 @@ pub fn start_chat_server() -> Option<Server> {
             "--rate-limit",
             "0",
         ])
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
