@@ -262,37 +262,20 @@ struct ProcessStats {
     threads: u64,
 }
 
-/// Reads `/proc/self/stat` (fields after the command name, which may contain spaces).
+/// This process's CPU time, resident memory, start time and threads, from `/proc/self/stat`
+/// (the standard `process_*` metrics); zeros where `/proc` cannot be read.
 fn process_stats() -> ProcessStats {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+    use procfs::prelude::*;
+    let Ok(stat) = procfs::process::Process::myself().and_then(|p| p.stat()) else {
         return ProcessStats::default();
     };
-    let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
-        return ProcessStats::default();
-    };
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // `rest` starts at field 3 (state), so field N of proc(5) is f[N - 3].
-    let num = |n: usize| {
-        f.get(n - 3)
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as u64;
-    let boot_time = std::fs::read_to_string("/proc/stat")
-        .ok()
-        .and_then(|s| {
-            s.lines().find_map(|l| {
-                l.strip_prefix("btime ")
-                    .and_then(|v| v.trim().parse::<f64>().ok())
-            })
-        })
-        .unwrap_or(0.0);
+    let ticks = procfs::ticks_per_second().max(1) as f64;
+    let boot = procfs::boot_time_secs().unwrap_or(0) as f64;
     ProcessStats {
-        cpu_seconds: (num(14) + num(15)) as f64 / ticks,
-        rss_bytes: num(24) * page,
-        start_time_seconds: boot_time + num(22) as f64 / ticks,
-        threads: num(20),
+        cpu_seconds: (stat.utime + stat.stime) as f64 / ticks,
+        rss_bytes: stat.rss_bytes().get(),
+        start_time_seconds: boot + stat.starttime as f64 / ticks,
+        threads: stat.num_threads.max(0) as u64,
     }
 }
 
