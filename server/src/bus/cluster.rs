@@ -152,6 +152,21 @@ impl State {
         let high = self.high_seq.entry(room.clone()).or_insert(0);
         *high = (*high).max(seq);
     }
+
+    /// A core's first member of `room` was answered with `seq` (its `joined`/`resumed` seq),
+    /// read from Redis after the node subscribed: the member needs every message after it.
+    ///
+    /// `last` may only go down here, never up. Raising it to `seq` would drop messages the
+    /// node has not received through pub/sub yet (seqs up to `seq` published just before the
+    /// read) as already passed on, and the members on the node's other cores would never get
+    /// them. Lowering it is safe: members drop seqs they already have, and a message that then
+    /// skips ahead is filled from the cache. It matters for a stream that is new on this node,
+    /// where a second core's first member may have read an older seq than the first one's.
+    fn seed_last(&mut self, room: &Name, seq: u64) {
+        if let Some(t) = self.rooms.get_mut(room) {
+            t.last = Some(t.last.map_or(seq, |last| last.min(seq)));
+        }
+    }
 }
 
 /// What the node knows of one subscribed room.
@@ -744,10 +759,7 @@ impl Bus {
             Ok(Some(Ok(v))) => {
                 let seq = value_u64(&v);
                 if subscribe {
-                    let mut st = self.state.borrow_mut();
-                    if let Some(t) = st.rooms.get_mut(&room) {
-                        t.last = Some(t.last.unwrap_or(0).max(seq));
-                    }
+                    self.state.borrow_mut().seed_last(&room, seq);
                 }
                 self.reply(to, Reply::Joined { room, seq });
             }
@@ -876,10 +888,7 @@ impl Bus {
                         }
                         complete &= expect > latest || latest <= after;
                         if subscribe {
-                            let mut st = self.state.borrow_mut();
-                            if let Some(t) = st.rooms.get_mut(&room) {
-                                t.last = Some(t.last.unwrap_or(0).max(latest));
-                            }
+                            self.state.borrow_mut().seed_last(&room, latest);
                         }
                         let frames = msgs.iter().map(|m| encode_frame(OpCode::Text, m)).collect();
                         self.reply(
