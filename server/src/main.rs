@@ -111,9 +111,18 @@ fn main() {
     for h in handles {
         let _ = h.join();
     }
-    if bus.is_some() {
-        // The bus flushed Kafka when it got Shutdown; give in-flight deliveries a moment more.
-        std::thread::sleep(std::time::Duration::from_millis(100));
+    if let Some(bus) = bus {
+        // The bus flushes Kafka when it gets Shutdown (up to KAFKA_FLUSH_TIMEOUT) and then
+        // ends: wait for it, so that no delivery still on its way is cut off by the exit.
+        let deadline = std::time::Instant::now()
+            + bus::cluster::KAFKA_FLUSH_TIMEOUT
+            + std::time::Duration::from_secs(1);
+        while !bus.is_finished() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        if !bus.is_finished() {
+            tracing::warn!("the cluster bus did not finish flushing Kafka in time");
+        }
     }
     tracing::info!("stopped");
 }

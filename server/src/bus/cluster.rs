@@ -44,6 +44,9 @@ use tokio::sync::mpsc;
 /// it the reply says `complete: false`.
 const RESUME_FROM_STORE_MAX: u32 = 10_000;
 
+/// How long the bus waits at shutdown for records still on their way to Kafka.
+pub const KAFKA_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// How long one request keeps retrying while Redis is unreachable before its sender hears
 /// `unavailable` (and retries with the same `cid`).
 const REDIS_RETRY_BUDGET: Duration = Duration::from_secs(5);
@@ -284,9 +287,15 @@ impl BusExt for Rc<Bus> {
                     } => self.subscribe_user(user, core),
                     CoreMsg::Unsubscribe { channel, core } => self.unsubscribe(channel, core),
                     CoreMsg::Shutdown => {
+                        // The drain is over and the cores are closing their connections: let
+                        // every record still on its way reach Kafka (bounded), then end the
+                        // bus thread; `main` waits for that before the process exits.
                         if let Some(k) = &self.kafka {
-                            k.flush(Duration::from_secs(5));
+                            let started = std::time::Instant::now();
+                            k.flush(KAFKA_FLUSH_TIMEOUT);
+                            tracing::info!(elapsed = ?started.elapsed(), "Kafka flushed");
                         }
+                        return;
                     }
                     other => tracing::error!(?other, "unexpected message on the cluster bus"),
                 }
