@@ -135,6 +135,13 @@ impl Cluster {
         i
     }
 
+    /// A metric of node `i` (summed over its series); `None` when the node does not answer.
+    pub fn metric_of(&self, i: usize, name: &str) -> Option<f64> {
+        let (status, text) =
+            crate::procs::http_get(&self.nodes[i].addr.to_string(), "/metrics").ok()?;
+        (status == 200).then(|| crate::procs::metric_sum(&text, name))
+    }
+
     /// The sum of a metric over every node that still answers.
     pub fn node_metric(&self, name: &str) -> f64 {
         self.nodes

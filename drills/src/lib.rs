@@ -43,5 +43,12 @@ pub mod report;
 pub mod ws;
 
 pub use cluster::{Cluster, Options};
+
+/// Held by every drill for its whole run: the tests of one file run one at a time (cargo
+/// runs the files one after the other anyway), each with the machine to itself.
+pub async fn exclusive() -> tokio::sync::MutexGuard<'static, ()> {
+    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    LOCK.lock().await
+}
 pub use load::{scenario, Load};
 pub use report::Report;

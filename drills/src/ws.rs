@@ -86,6 +86,24 @@ impl Client {
         }
     }
 
+    /// Reads (discarding messages) until the server's close frame, within `wait`: its status
+    /// code (`Err` when the connection ended without one).
+    pub async fn close_code(&mut self, wait: Duration) -> Result<u16, String> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let msg = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .map_err(|_| format!("no close frame within {wait:?}"))?
+                .ok_or("the connection ended without a close frame")?
+                .map_err(|e| format!("{e} before a close frame"))?;
+            if let Message::Close(frame) = msg {
+                return frame
+                    .map(|f| u16::from(f.code))
+                    .ok_or_else(|| "a close frame without a code".to_string());
+            }
+        }
+    }
+
     pub async fn close(mut self) {
         let _ = self.ws.close(None).await;
     }
