@@ -54,6 +54,9 @@ impl KafkaLog {
                 (cfg.backlog + 1024).to_string(),
             )
             .set("compression.type", "lz4")
+            // librdkafka backs off reconnecting up to 10 s by default: after an outage of
+            // that length the broker could be back for 10 s before anything is acked again.
+            .set("reconnect.backoff.max.ms", "1000")
             .create()
             .map_err(|e| format!("Kafka producer for {}: {e}", cfg.brokers))?;
         Ok(KafkaLog {
