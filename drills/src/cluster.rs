@@ -1,12 +1,13 @@
 //! One drill's cluster, all private to it: a `redis-server`, the broker with a topic of the
 //! drill's own (created explicitly), a fresh database, two `chat-server` nodes in cluster mode
 //! and the `chat-persister` on that topic and database. Dropped in that order, backwards:
-//! processes first, then the services, then the directory with the logs.
+//! processes first, then the services. The logs stay in `<target>/drill-results/<drill>/logs/`.
 
 use crate::kafka::Kafka;
 use crate::pg::{Db, SHARED_PG};
 use crate::procs::{Node, Persister};
-use chat_testkit::{PrivatePostgres, RedisServer, TempDir};
+use chat_testkit::{PrivatePostgres, RedisServer};
+use std::path::{Path, PathBuf};
 
 pub struct Options {
     /// The drill's name (`node-kill`): logs, topic, database and group names derive from it.
@@ -45,7 +46,9 @@ pub struct Cluster {
     pub topic: String,
     pub drill: &'static str,
     node_args: Vec<String>,
-    pub dir: TempDir,
+    /// The processes' logs: `<target>/drill-results/<drill>/logs/`, emptied at the start and
+    /// kept afterwards.
+    dir: PathBuf,
 }
 
 /// `drill_<name>_<pid>_<random>`: a PostgreSQL identifier and Kafka topic name nobody else uses.
@@ -61,7 +64,9 @@ fn unique(drill: &str) -> String {
 impl Cluster {
     /// Starts everything; `None` when the drill needs tansu and it is not installed.
     pub async fn start(opts: Options) -> Option<Cluster> {
-        let dir = TempDir::new(&format!("drill-{}", opts.drill));
+        let dir = crate::load::results_dir().join(opts.drill).join("logs");
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
         let kafka = if opts.durable_broker {
             Kafka::tansu(true)?
         } else {
@@ -74,7 +79,7 @@ impl Cluster {
         let pg = opts.private_postgres.then(PrivatePostgres::start);
         let admin = pg.as_ref().map_or(SHARED_PG.to_string(), |p| p.url());
         let db = Db::create(&admin, &name).await;
-        let persister = Persister::start(&kafka.addr(), &db.url, &topic, &name, dir.path());
+        let persister = Persister::start(&kafka.addr(), &db.url, &topic, &name, &dir);
         let mut node_args: Vec<String> = [
             "--threads",
             "2",
@@ -94,7 +99,7 @@ impl Cluster {
         .collect();
         node_args.extend(opts.node_args.iter().cloned());
         let nodes = (0..opts.nodes)
-            .map(|i| Node::start(&format!("node{i}"), &node_args, dir.path()))
+            .map(|i| Node::start(&format!("node{i}"), &node_args, &dir))
             .collect();
         let cluster = Cluster {
             nodes,
@@ -117,9 +122,14 @@ impl Cluster {
             cluster.kafka.kind(),
             cluster.topic,
             cluster.db.url,
-            cluster.dir.path().display()
+            cluster.dir.display()
         );
         Some(cluster)
+    }
+
+    /// The directory with the processes' logs.
+    pub fn log_dir(&self) -> &Path {
+        &self.dir
     }
 
     /// `ws://ADDR` of every node, for the scenario.
@@ -130,7 +140,7 @@ impl Cluster {
     /// Starts one more node with the same flags (say after one was killed).
     pub fn add_node(&mut self) -> usize {
         let i = self.nodes.len();
-        let node = Node::start(&format!("node{i}"), &self.node_args, self.dir.path());
+        let node = Node::start(&format!("node{i}"), &self.node_args, &self.dir);
         self.nodes.push(node);
         i
     }

@@ -33,9 +33,9 @@ pub fn scenario(drill: &str, urls: Vec<String>) -> Scenario {
     }
 }
 
-/// Where loadgen writes each drill's result files (`<target>/drill-results/<drill>/`), kept
-/// for a look after a failure.
-fn results_dir() -> PathBuf {
+/// Where loadgen writes each drill's result files (`<target>/drill-results/<drill>/`) and the
+/// processes their logs (`.../<drill>/logs/`), kept for a look after a failure.
+pub fn results_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("the test executable's path");
     exe.ancestors()
         .nth(3)
