@@ -36,6 +36,13 @@ pub struct Config {
     #[arg(long, env = "CHAT_OUTBOUND_LIMIT", default_value_t = 4 * 1024 * 1024)]
     pub outbound_limit: usize,
 
+    /// SO_SNDBUF of every connection, bytes (0: the kernel's default, which autotunes up to
+    /// net.ipv4.tcp_wmem's maximum, 4 MiB by default). A client that stops reading holds up
+    /// to this much in the kernel besides its --outbound-limit queue; set it to make the
+    /// slow-consumer bound a tight one.
+    #[arg(long, env = "CHAT_SOCKET_SEND_BUFFER", default_value_t = 0)]
+    pub socket_send_buffer: usize,
+
     /// Requests one connection may have in flight before the server stops reading from it.
     #[arg(long, env = "CHAT_MAX_INFLIGHT", default_value_t = 1024)]
     pub max_inflight: usize,

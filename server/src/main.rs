@@ -46,7 +46,9 @@ fn main() {
 
     // Bind the first listener here so that port 0 resolves once; every core then binds the
     // same address with SO_REUSEPORT and the kernel spreads connections among them.
-    let first = match bind(config.listen) {
+    // Accepted sockets inherit the listener's SO_SNDBUF.
+    let sndbuf = config.socket_send_buffer;
+    let first = match bind(config.listen, sndbuf) {
         Ok(l) => l,
         Err(e) => {
             eprintln!("error: cannot listen on {}: {e}", config.listen);
@@ -68,7 +70,7 @@ fn main() {
     let mut listeners = vec![Some(first)];
     for _ in 1..threads {
         listeners.push(Some(
-            bind(addr).unwrap_or_else(|e| panic!("bind {addr} again: {e}")),
+            bind(addr, sndbuf).unwrap_or_else(|e| panic!("bind {addr} again: {e}")),
         ));
     }
     let handles: Vec<_> = listeners
@@ -150,7 +152,7 @@ fn cluster_config(config: &config::Config) -> Option<bus::cluster::ClusterConfig
     })
 }
 
-fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+fn bind(addr: SocketAddr, send_buffer: usize) -> std::io::Result<std::net::TcpListener> {
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(addr),
         socket2::Type::STREAM,
@@ -159,6 +161,9 @@ fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
     socket.set_nonblocking(true)?;
+    if send_buffer > 0 {
+        socket.set_send_buffer_size(send_buffer)?;
+    }
     socket.bind(&addr.into())?;
     socket.listen(4096)?;
     Ok(socket.into())
