@@ -21,6 +21,9 @@ pub struct Options {
     pub node_args: Vec<String>,
     pub nodes: usize,
     pub partitions: u32,
+    /// Extra `redis-server` flags (say `--appendonly no` where the drill never restarts it:
+    /// fsyncing every write adds latency spikes).
+    pub redis_args: Vec<&'static str>,
 }
 
 impl Options {
@@ -32,6 +35,7 @@ impl Options {
             node_args: Vec::new(),
             nodes: 2,
             partitions: 4,
+            redis_args: Vec::new(),
         }
     }
 }
@@ -75,7 +79,7 @@ impl Cluster {
         let name = unique(opts.drill);
         let topic = name.clone();
         kafka.create_topic(&topic, opts.partitions);
-        let redis = RedisServer::start();
+        let redis = RedisServer::start_with_args(&opts.redis_args);
         let pg = opts.private_postgres.then(PrivatePostgres::start);
         let admin = pg.as_ref().map_or(SHARED_PG.to_string(), |p| p.url());
         let db = Db::create(&admin, &name).await;
