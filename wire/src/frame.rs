@@ -239,19 +239,32 @@ pub fn put_header(
     len: usize,
     mask: Option<[u8; 4]>,
 ) {
-    out.put_u8(if fin { 0x80 } else { 0 } | opcode as u8);
-    let mask_bit = if mask.is_some() { 0x80 } else { 0 };
-    if len < 126 {
-        out.put_u8(mask_bit | len as u8);
-    } else if len <= u16::MAX as usize {
-        out.put_u8(mask_bit | 126);
-        out.put_u16(len as u16);
-    } else {
-        out.put_u8(mask_bit | 127);
-        out.put_u64(len as u64);
-    }
+    let (header, n) = header_bytes(fin, opcode, len, mask.is_some());
+    out.put_slice(&header[..n]);
     if let Some(m) = mask {
         out.put_slice(&m);
+    }
+}
+
+/// Longest frame header without the masking key: 2 bytes + a 64-bit length.
+const MAX_HEADER: usize = 10;
+
+/// A frame header without its masking key, on the stack: the bytes and how many are used.
+fn header_bytes(fin: bool, opcode: OpCode, len: usize, masked: bool) -> ([u8; MAX_HEADER], usize) {
+    let mut h = [0u8; MAX_HEADER];
+    h[0] = if fin { 0x80 } else { 0 } | opcode as u8;
+    let mask_bit = if masked { 0x80 } else { 0 };
+    if len < 126 {
+        h[1] = mask_bit | len as u8;
+        (h, 2)
+    } else if len <= u16::MAX as usize {
+        h[1] = mask_bit | 126;
+        h[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+        (h, 4)
+    } else {
+        h[1] = mask_bit | 127;
+        h[2..10].copy_from_slice(&(len as u64).to_be_bytes());
+        (h, 10)
     }
 }
 
@@ -291,20 +304,16 @@ pub fn encode_close(code: u16, reason: &str) -> Bytes {
     encode_frame(OpCode::Close, &payload)
 }
 
-const MAX_HEADER: usize = 10;
-
 /// Encodes a text frame whose payload `write` produces directly in the frame buffer: the payload
-/// is written once, after room for the largest header, and the header is then put in front of it.
-/// `capacity` is a hint for the payload size.
+/// is written once, after room for the largest header, and the header, built on the stack, is
+/// then put in front of it. One allocation per frame. `capacity` is a hint for the payload size.
 pub fn encode_text_with(capacity: usize, write: impl FnOnce(&mut BytesMut)) -> Bytes {
     let mut out = BytesMut::with_capacity(MAX_HEADER + capacity);
     out.put_bytes(0, MAX_HEADER);
     write(&mut out);
-    let len = out.len() - MAX_HEADER;
-    let mut header = BytesMut::with_capacity(MAX_HEADER);
-    put_header(&mut header, true, OpCode::Text, len, None);
-    let start = MAX_HEADER - header.len();
-    out[start..MAX_HEADER].copy_from_slice(&header);
+    let (header, n) = header_bytes(true, OpCode::Text, out.len() - MAX_HEADER, false);
+    let start = MAX_HEADER - n;
+    out[start..MAX_HEADER].copy_from_slice(&header[..n]);
     out.advance(start);
     out.freeze()
 }
@@ -679,7 +688,7 @@ mod tests {
 
     #[test]
     fn text_with_header_in_front_and_payload_of() {
-        for len in [5usize, 200, 70_000] {
+        for len in [0usize, 5, 125, 126, 200, 65_535, 65_536, 70_000] {
             let body = vec![b'x'; len];
             let frame = encode_text_with(8, |out| out.put_slice(&body));
             assert_eq!(frame, encode_frame(OpCode::Text, &body));
