@@ -216,18 +216,19 @@ fn protocol_close(core: &CoreRef, io: &ConnIo, code: u16, reason: &str) {
 }
 
 async fn write_loop(core: CoreRef, io: Rc<ConnIo>, mut writer: impl AsyncWriteRent) {
-    while let Some(frames) = poll_fn(|cx| io.poll_batch(cx)).await {
-        let (count, bytes) = (
-            frames.len() as u64,
-            frames.iter().map(|f| f.len() as u64).sum::<u64>(),
-        );
-        if write_batch(&mut writer, FrameBatch::new(frames))
-            .await
-            .is_err()
-        {
+    // One batch for the connection's lifetime: its two vectors are refilled, not reallocated,
+    // for every `writev`.
+    let mut batch = FrameBatch::default();
+    while poll_fn(|cx| io.poll_batch(cx, &mut batch.frames)).await {
+        batch.prepare();
+        let (count, bytes) = (batch.frames.len() as u64, batch.bytes() as u64);
+        let (res, b) = write_batch(&mut writer, batch).await;
+        batch = b;
+        if res.is_err() {
             io.mark_dead();
             break;
         }
+        batch.clear();
         let c = core.borrow();
         add(&c.counters().frames_out, count);
         add(&c.counters().bytes_out, bytes);
@@ -235,28 +236,29 @@ async fn write_loop(core: CoreRef, io: Rc<ConnIo>, mut writer: impl AsyncWriteRe
     let _ = writer.shutdown().await;
 }
 
-/// Writes a whole batch, resuming after partial writes.
+/// Writes a whole batch, resuming after partial writes, and gives the batch back.
 ///
 /// Not `write_vectored_all`: in monoio 0.2.4 it does not advance the iovec after a partial
 /// write (`vec_wrapper.rs` drops the moved pointer), which resends bytes and then panics.
 async fn write_batch(
     writer: &mut impl AsyncWriteRent,
     mut batch: FrameBatch,
-) -> std::io::Result<()> {
+) -> (std::io::Result<()>, FrameBatch) {
     while !batch.is_done() {
         let (res, b) = writer.writev(batch).await;
         batch = b;
         match res {
-            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(0) => return (Err(std::io::ErrorKind::WriteZero.into()), batch),
             Ok(n) => batch.advance(n),
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+            Err(e) => return (Err(e), batch),
         }
     }
-    Ok(())
+    (Ok(()), batch)
 }
 
 /// Frames for one `writev`, each written from its own shared buffer.
+#[derive(Default)]
 struct FrameBatch {
     frames: Vec<Bytes>,
     iovecs: Vec<libc::iovec>,
@@ -265,18 +267,31 @@ struct FrameBatch {
 }
 
 impl FrameBatch {
-    fn new(frames: Vec<Bytes>) -> Self {
-        let iovecs = frames
-            .iter()
-            .map(|f| libc::iovec {
-                iov_base: f.as_ptr() as *mut libc::c_void,
-                iov_len: f.len(),
-            })
-            .collect();
-        FrameBatch {
-            frames,
-            iovecs,
-            first: 0,
+    /// Frames kept room for between writes; a burst beyond it gives its memory back.
+    const KEEP: usize = 64;
+
+    /// Points one iovec at each frame, for the `writev`s to come.
+    fn prepare(&mut self) {
+        self.iovecs.clear();
+        self.iovecs.extend(self.frames.iter().map(|f| libc::iovec {
+            iov_base: f.as_ptr() as *mut libc::c_void,
+            iov_len: f.len(),
+        }));
+        self.first = 0;
+    }
+
+    fn bytes(&self) -> usize {
+        self.frames.iter().map(Bytes::len).sum()
+    }
+
+    /// Drops the written frames, keeping (bounded) room for the next batch.
+    fn clear(&mut self) {
+        self.iovecs.clear();
+        self.frames.clear();
+        self.first = 0;
+        if self.frames.capacity() > Self::KEEP {
+            self.frames.shrink_to(Self::KEEP);
+            self.iovecs.shrink_to(Self::KEEP);
         }
     }
 
@@ -301,8 +316,10 @@ impl FrameBatch {
     }
 }
 
-// SAFETY: the iovecs point into `frames`, whose heap buffers never move or change while the
-// batch lives; only the iovecs' own offsets are adjusted, between writes.
+// SAFETY: from `prepare` to `clear` the iovecs point into the frames' shared buffers (not into
+// the `frames` vector), which never move or change while a frame is held; the batch is owned by
+// the write operation while the kernel reads them, and only the iovecs' own offsets are
+// adjusted, between writes.
 unsafe impl monoio::buf::IoVecBuf for FrameBatch {
     fn read_iovec_ptr(&self) -> *const libc::iovec {
         debug_assert_eq!(self.frames.len(), self.iovecs.len());
@@ -443,22 +460,25 @@ impl ConnIo {
         }
     }
 
-    fn poll_batch(&self, cx: &mut std::task::Context<'_>) -> Poll<Option<Vec<Bytes>>> {
+    /// Moves up to [`WRITE_BATCH`] queued frames into `frames` (`true`), or says that the writer
+    /// is done (`false`: the connection is dead, or closed and flushed).
+    fn poll_batch(&self, cx: &mut std::task::Context<'_>, frames: &mut Vec<Bytes>) -> Poll<bool> {
         let mut st = self.state.borrow_mut();
         if st.dead {
-            return Poll::Ready(None);
+            return Poll::Ready(false);
         }
         if st.queue.is_empty() {
             if st.closing_since.is_some() {
-                return Poll::Ready(None);
+                return Poll::Ready(false);
             }
             st.writer = Some(cx.waker().clone());
             return Poll::Pending;
         }
         let n = st.queue.len().min(WRITE_BATCH);
-        let frames: Vec<Bytes> = st.queue.drain(..n).collect();
-        st.queued_bytes -= frames.iter().map(Bytes::len).sum::<usize>();
-        Poll::Ready(Some(frames))
+        let start = frames.len();
+        frames.extend(st.queue.drain(..n));
+        st.queued_bytes -= frames[start..].iter().map(Bytes::len).sum::<usize>();
+        Poll::Ready(true)
     }
 
     /// Called once a second: ping a quiet client, close a silent one, cut a stuck close.
