@@ -16,7 +16,17 @@
 //! | `tests/graceful_drain.rs` | SIGTERM of one node | 503 health, no new connections, close 1001, clients move, exit 0, everything acked persisted |
 //!
 //! Every drill prints its checks and one `DRILL <name>: PASSED ... sent=.. acked=..
-//! delivered=.. persisted=.. lost=0 duplicated=0 ...` line to stdout (uncaptured).
+//! delivered=.. persisted=.. lost=0 duplicated=0 ...` line to stdout (uncaptured), and leaves
+//! loadgen's result and the processes' logs in `target/drill-results/<drill>/`.
+//!
+//! Running them: `cargo test --workspace` (what `scripts/test.sh` runs) builds the
+//! `chat-server` and `chat-persister` binaries first; `cargo test -p chat-drills` alone does
+//! not, so build them first (`cargo build -p chat-server -p chat-persister`) or it tests
+//! whatever binaries the target directory holds. They need `redis-server`, PostgreSQL on
+//! 127.0.0.1:5432 (trust) with its server binaries for the private one, and tansu
+//! (`scripts/broker.sh install`): without tansu the broker-outage drill is `SKIPPED` and the
+//! others use librdkafka's mock cluster, unless `CHAT_REQUIRE_BROKER=1`. About 4 minutes on 2
+//! cores, one drill at a time.
 //!
 //! The harness:
 //!
