@@ -40,13 +40,18 @@ use std::time::{Duration, Instant};
 const REPLY_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 /// Frames handed to one `writev`.
 const WRITE_BATCH: usize = 256;
-const READ_CHUNK: usize = 16 * 1024;
+/// The least spare room a read is given, and the size of a connection's first buffer. Small on
+/// purpose: an idle connection holds its pending read's buffer for as long as it stays idle,
+/// so this is most of the memory an idle connection costs.
+const READ_MIN: usize = 4 * 1024;
+/// The most spare room a read is given, once reads fill what they get (a busy connection).
+const READ_MAX: usize = 16 * 1024;
 
 /// Serves one accepted TCP connection to the end.
 pub async fn serve(core: CoreRef, mut stream: TcpStream) {
     let _ = stream.set_nodelay(true);
     let node = core.borrow().node.clone();
-    let mut buf = BytesMut::with_capacity(4096);
+    let mut buf = BytesMut::with_capacity(READ_MIN);
     // The request head.
     let (head_len, upgrade) = loop {
         match parse_request(&buf) {
@@ -60,7 +65,7 @@ pub async fn serve(core: CoreRef, mut stream: TcpStream) {
                 return;
             }
         }
-        match read_more(&mut stream, buf).await {
+        match read_more(&mut stream, buf, READ_MIN).await {
             (Some(_), b) => buf = b,
             (None, _) => return,
         }
@@ -94,17 +99,23 @@ pub async fn serve(core: CoreRef, mut stream: TcpStream) {
     io.finish();
 }
 
-/// Reads into the spare capacity of `buf`. `None` at end of stream or on error.
-async fn read_more<R: AsyncReadRent>(r: &mut R, mut buf: BytesMut) -> (Option<usize>, BytesMut) {
-    if buf.capacity() - buf.len() < READ_CHUNK / 4 {
-        buf.reserve(READ_CHUNK);
+/// Reads into the spare capacity of `buf`, first making room for `want` bytes when less than a
+/// quarter of that is free. The bytes read and whether they filled the room given; `None` at
+/// end of stream or on error.
+async fn read_more<R: AsyncReadRent>(
+    r: &mut R,
+    mut buf: BytesMut,
+    want: usize,
+) -> (Option<(usize, bool)>, BytesMut) {
+    if buf.capacity() - buf.len() < want / 4 {
+        buf.reserve(want);
     }
     let (len, cap) = (buf.len(), buf.capacity());
     let (res, slice) = r.read(buf.slice_mut(len..cap)).await;
     let buf = slice.into_inner();
     match res {
         Ok(0) | Err(_) => (None, buf),
-        Ok(n) => (Some(n), buf),
+        Ok(n) => (Some((n, n == cap - len)), buf),
     }
 }
 
@@ -120,6 +131,9 @@ async fn read_loop(
         (c.node.config.max_frame, c.node.config.max_inflight)
     };
     let mut assembler = MessageAssembler::new(max_frame);
+    // Room for the next read: grows while reads fill it, so that only busy connections get
+    // big buffers.
+    let mut want = READ_MIN;
     loop {
         // Everything already buffered first: frames that came with the upgrade request too.
         while !io.is_closing() {
@@ -159,10 +173,13 @@ async fn read_loop(
             }
         })
         .await;
-        let (n, b) = read_more(&mut reader, buf).await;
+        let (n, b) = read_more(&mut reader, buf, want).await;
         buf = b;
         match n {
-            Some(n) => {
+            Some((n, filled)) => {
+                if filled {
+                    want = (want * 2).min(READ_MAX);
+                }
                 io.touch();
                 add(&core.borrow().counters().bytes_in, n as u64);
             }
