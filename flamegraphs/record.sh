@@ -34,6 +34,8 @@
 #   FG_SERVER_BIN                             another chat-server binary to record (e.g. an older
 #                                             build, for before/after; the build still runs)
 #   FG_LOADGEN_BIN                            another loadgen binary
+#   FG_NOTE                                   what the recorded binary is, for the flamegraph's
+#                                             subtitle (default: the commit checked out here)
 #   FG_SERVER_ARGS                            extra chat-server flags (standalone)
 #   FG_FREQ [499] FG_CALL_GRAPH [dwarf,16384] perf sampling frequency and unwinder
 #   FG_KEEP_CLUSTER [0]                       1: leave a cluster this script started running
@@ -233,7 +235,7 @@ for i in "${!pids[@]}"; do
   case "$event" in cpu-clock* | task-clock*) unit=ns ;; cycles*) unit=cycles ;; *) unit=events ;; esac
   samples=$(sed -n 's/.*(\([0-9]*\) samples).*/\1/p' "$work/$label.perf.log")
   "$tools/bin/inferno-flamegraph" --title "chat-server $label: $scenario" \
-    --subtitle "perf record -F $freq --call-graph $call_graph ($event, ${samples:-?} samples), ${duration} s of a loadgen run, commit $(git rev-parse --short HEAD)" \
+    --subtitle "perf record -F $freq --call-graph $call_graph ($event, ${samples:-?} samples), ${duration} s of a loadgen run; ${FG_NOTE:-commit $(git rev-parse --short HEAD)}" \
     --countname "$unit" --minwidth 0.05 <"$work/$label.folded" >"$out/$label.svg"
   python3 "$out/top.py" "$work/$label.folded" "$unit" "${samples:-?}" >"$out/$label.txt"
   say "wrote flamegraphs/$label.svg and flamegraphs/$label.txt"

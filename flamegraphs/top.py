@@ -7,6 +7,7 @@ UNIT is what a stack's count is (`ns` of CPU for perf's cpu-clock event, `cycles
 SAMPLES the number of perf samples behind it (for the header); N how many functions to list.
 
 Prints the share of all samples
+  * per thread (perf's comm: `core-0`, `cluster-bus`, `rdk:broker1`, ...),
   * per category (a sample counts once for a category when any of its frames matches it),
   * per function on top of the stack (self time, inlined frames included as their own),
   * per function anywhere on the stack (inclusive: counted once per sample).
@@ -20,6 +21,9 @@ from collections import Counter
 # Category -> regular expression on a (shortened) frame name. Order is the print order.
 CATEGORIES = [
     ("kernel (any frame in the kernel)", r"_\[k\]$"),
+    ("scheduler: a thread switched out and back in (finish_task_switch)", r"finish_task_switch|__schedule"),
+    ("waking another thread (sock_def_readable, __wake_up, try_to_wake_up, eventfd_write, futex)",
+     r"sock_def_readable|__wake_up|try_to_wake_up|eventfd_write|futex_wake"),
     ("io_uring_enter / io_uring work", r"io_uring|io_submit_sqes|io_issue_sqe"),
     ("epoll_wait", r"epoll_wait|do_epoll"),
     ("socket send (tcp_sendmsg)", r"tcp_sendmsg"),
@@ -37,6 +41,7 @@ CATEGORIES = [
     ("reader (read_loop)", r"read_loop"),
     ("cluster bus (redis, pub/sub, kafka)", r"bus::cluster|bus::redis|rdkafka|redis::"),
     ("allocation (mimalloc mi_*, malloc, free)", r"^_?mi_|mimalloc|^malloc|^free$|^__libc_malloc|^cfree|alloc::alloc"),
+    ("page faults (first touch of fresh memory)", r"exc_page_fault"),
     ("memcpy / memmove", r"memcpy|memmove"),
 ]
 
@@ -61,6 +66,7 @@ def main() -> None:
     self_time = Counter()
     inclusive = Counter()
     categories = Counter()
+    threads = Counter()
     compiled = [(name, re.compile(rx)) for name, rx in CATEGORIES]
     with open(path, encoding="utf-8", errors="replace") as f:
         for line in f:
@@ -73,6 +79,7 @@ def main() -> None:
             raw = stack.split(";")
             frames = [shorten(fr) for fr in raw]
             self_time[frames[-1]] += n
+            threads[re.sub(r"\d+", "N", raw[0])] += n
             for fr in set(frames[1:]):  # frame 0 is the thread name
                 inclusive[fr] += n
             for name, rx in compiled:
@@ -89,6 +96,10 @@ def main() -> None:
     else:
         weight = f"{total} {unit}"
     print(f"{weight} in {samples} samples ({path.rsplit('/', 1)[-1]}); shares of that total")
+    print()
+    print("threads (by name, numbers as N)")
+    for name, n in threads.most_common():
+        print(f"  {pct(n)}  {name}")
     print()
     print("categories (a sample counts once per category; categories overlap)")
     for name, _ in CATEGORIES:
