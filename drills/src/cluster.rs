@@ -4,10 +4,14 @@
 //! processes first, then the services. The logs stay in `<target>/drill-results/<drill>/logs/`.
 
 use crate::kafka::Kafka;
-use crate::pg::{Db, SHARED_PG};
+use crate::load::{Finished, Load};
+use crate::pg::{Db, Persisted, SHARED_PG};
 use crate::procs::{Node, Persister};
+use crate::report::Report;
 use chat_testkit::{PrivatePostgres, RedisServer};
+use loadgen::report::AckRecord;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 pub struct Options {
     /// The drill's name (`node-kill`): logs, topic, database and group names derive from it.
@@ -39,6 +43,9 @@ impl Options {
         }
     }
 }
+
+/// How long PostgreSQL may take to hold every acked message after the load ends.
+const PERSIST_TIMEOUT: Duration = Duration::from_secs(90);
 
 pub struct Cluster {
     pub nodes: Vec<Node>,
@@ -134,6 +141,22 @@ impl Cluster {
     /// The directory with the processes' logs.
     pub fn log_dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Waits (up to 90 s) until PostgreSQL holds every acked message, then compares the rows
+    /// with the acks.
+    pub async fn wait_persisted(&mut self, acks: &[AckRecord]) -> Persisted {
+        crate::pg::wait_persisted(&self.db.url, acks, &mut self.persister, PERSIST_TIMEOUT).await
+    }
+
+    /// The end of every drill's run: the load finishes, PostgreSQL catches up, and the report
+    /// gets the broker and the standard counts.
+    pub async fn finish(&mut self, load: Load, report: &mut Report) -> (Finished, Persisted) {
+        let run = load.finish().await;
+        let p = self.wait_persisted(&run.result.acks).await;
+        report.cluster(self);
+        report.standard(&run, &p);
+        (run, p)
     }
 
     /// `ws://ADDR` of every node, for the scenario.

@@ -15,8 +15,7 @@
 //! Needs tansu (`scripts/broker.sh install`): without it the drill prints `SKIPPED` (and
 //! fails where `CHAT_REQUIRE_BROKER=1`).
 
-use chat_drills::{pg, scenario, Cluster, Load, Options, Report};
-use std::time::Duration;
+use chat_drills::{scenario, Cluster, Load, Options, Report};
 
 /// Seconds after the kill (and before the restart) within which an ack could still be one the
 /// broker confirmed just before it died.
@@ -43,18 +42,8 @@ async fn broker_down_for_10_s_no_ack_while_down_nothing_acked_lost() {
     load.mark("broker starting");
     cluster.kafka.broker().start_again();
     load.mark("broker started");
-    let run = load.finish().await;
-
-    let p = pg::wait_persisted(
-        &cluster.db.url,
-        &run.result.acks,
-        &mut cluster.persister,
-        Duration::from_secs(90),
-    )
-    .await;
+    let (run, _) = cluster.finish(load, &mut report).await;
     let c = &run.result.counters;
-    report.cluster(&cluster);
-    report.standard(&run, &p);
     let (down, up) = (run.mark("broker killed"), run.mark("broker starting"));
     let inside = run.seconds_within(down + MARGIN, up);
     let acked_inside: u64 = inside.iter().map(|s| s.acked).sum();

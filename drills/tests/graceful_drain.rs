@@ -12,7 +12,7 @@
 //! acked by either node is a PostgreSQL row with its cid, none twice.
 
 use chat_drills::ws::{http_status, upgrade_status, Client};
-use chat_drills::{pg, scenario, Cluster, Load, Options, Report};
+use chat_drills::{scenario, Cluster, Load, Options, Report};
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Default)]
@@ -84,18 +84,8 @@ async fn sigterm_drains_a_node_under_load_with_zero_loss() {
     load.at(16.0).await;
     let after = cluster.metric_of(0, "chat_connections");
     let close_code = close_code.await.expect("the watcher task");
-    let run = load.finish().await;
-
-    let p = pg::wait_persisted(
-        &cluster.db.url,
-        &run.result.acks,
-        &mut cluster.persister,
-        Duration::from_secs(90),
-    )
-    .await;
+    let (run, _) = cluster.finish(load, &mut report).await;
     let c = &run.result.counters;
-    report.cluster(&cluster);
-    report.standard(&run, &p);
     report.field("drain_s", format!("{drain_secs:.1}"));
     report.field("exit", format!("{exit:?}"));
     report.field("health_503", probes.health_503);

@@ -12,8 +12,7 @@
 //! PostgreSQL with another cid); a re-sent message is the same message (no cid on two rows);
 //! the resumes were complete (the Redis cache still held what was missed).
 
-use chat_drills::{pg, scenario, Cluster, Load, Options, Report};
-use std::time::Duration;
+use chat_drills::{scenario, Cluster, Load, Options, Report};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_sigkilled_under_load_its_clients_move_and_nothing_acked_is_lost() {
@@ -36,18 +35,8 @@ async fn a_node_sigkilled_under_load_its_clients_move_and_nothing_acked_is_lost(
     // Everyone is on node 0 a few seconds later.
     load.at(14.0).await;
     let after = cluster.metric_of(0, "chat_connections");
-    let run = load.finish().await;
-
-    let p = pg::wait_persisted(
-        &cluster.db.url,
-        &run.result.acks,
-        &mut cluster.persister,
-        Duration::from_secs(90),
-    )
-    .await;
+    let (run, p) = cluster.finish(load, &mut report).await;
     let c = &run.result.counters;
-    report.cluster(&cluster);
-    report.standard(&run, &p);
     report.field("conns_before", format!("{:?}", before));
     report.field("conns_after_on_node0", format!("{after:?}"));
     report.check(

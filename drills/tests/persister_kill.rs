@@ -90,18 +90,8 @@ async fn persister_sigkilled_mid_batch_exactly_once_after_restart() {
     load.at(17.0).await;
     cluster.persister.restart();
     load.mark("persister restarted again");
-    let run = load.finish().await;
-
-    let p = pg::wait_persisted(
-        &cluster.db.url,
-        &run.result.acks,
-        &mut cluster.persister,
-        Duration::from_secs(90),
-    )
-    .await;
+    let (run, p) = cluster.finish(load, &mut report).await;
     let c = &run.result.counters;
-    report.cluster(&cluster);
-    report.standard(&run, &p);
     report.field("kills", 2);
     report.field(
         "committed_at_kill",

@@ -11,7 +11,6 @@
 //! (loadgen verdict: nothing lost, duplicated or reordered, every send acked).
 
 use chat_drills::{pg, scenario, Cluster, Load, Options, Report};
-use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_stopped_for_10_s_the_persister_catches_up() {
@@ -37,18 +36,8 @@ async fn postgres_stopped_for_10_s_the_persister_catches_up() {
         .expect("private PostgreSQL")
         .start_again();
     load.mark("postgres started");
-    let run = load.finish().await;
-
-    let p = pg::wait_persisted(
-        &cluster.db.url,
-        &run.result.acks,
-        &mut cluster.persister,
-        Duration::from_secs(90),
-    )
-    .await;
+    let (run, p) = cluster.finish(load, &mut report).await;
     let c = &run.result.counters;
-    report.cluster(&cluster);
-    report.standard(&run, &p);
     let outage = run.mark("postgres started") - run.mark("postgres stopped");
     report.field("outage_s", format!("{outage:.1}"));
     report.field("pg_errors", errors_during.unwrap_or(-1.0));

@@ -24,7 +24,6 @@
 use chat_drills::ws::Client;
 use chat_drills::{pg, scenario, Cluster, Load, Options, Report};
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration;
 
 /// What the resumes after the run saw.
 #[derive(Debug, Default)]
@@ -53,18 +52,8 @@ async fn redis_loses_its_data_no_seq_reused_resume_from_postgres_is_truthful() {
     load.at(11.0).await;
     cluster.redis.flushall_and_restart_without_data();
     load.mark("redis started empty");
-    let run = load.finish().await;
-
-    let p = pg::wait_persisted(
-        &cluster.db.url,
-        &run.result.acks,
-        &mut cluster.persister,
-        Duration::from_secs(90),
-    )
-    .await;
+    let (run, p) = cluster.finish(load, &mut report).await;
     let c = &run.result.counters;
-    report.cluster(&cluster);
-    report.standard(&run, &p);
 
     // A room's acks come from its one sender, in request order: seqs only go up.
     let mut last: BTreeMap<&str, u64> = BTreeMap::new();

@@ -22,8 +22,7 @@
 
 use chat_drills::load::Finished;
 use chat_drills::pg::Persisted;
-use chat_drills::{pg, scenario, Cluster, Load, Options, Report};
-use std::time::Duration;
+use chat_drills::{scenario, Cluster, Load, Options, Report};
 
 const STALLED: usize = 10;
 
@@ -49,13 +48,7 @@ async fn run(name: &'static str, stalled: usize) -> Option<(Finished, Persisted,
     );
     let finished = Load::start(sc).finish().await;
     let cut = cluster.node_metric("chat_slow_consumer_disconnects_total");
-    let p = pg::wait_persisted(
-        &cluster.db.url,
-        &finished.result.acks,
-        &mut cluster.persister,
-        Duration::from_secs(90),
-    )
-    .await;
+    let p = cluster.wait_persisted(&finished.result.acks).await;
     Some((finished, p, cut, cluster.kafka.kind().to_string()))
 }
 
