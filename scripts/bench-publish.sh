@@ -17,11 +17,11 @@ cargo build --release -q -p chat-server -p loadgen
 lua=$(python3 -c 'import re;print(re.search(r"pub const PUBLISH_LUA: &str = r#\"(.*?)\"#;",open("server/src/bus/redis.rs").read(),re.S).group(1))')
 sha=$(redis-cli SCRIPT LOAD "$lua")
 
-RUST_LOG=warn target/release/chat-server --listen 127.0.0.1:$port --threads "$threads" --redis "$redis" --rate-limit 0 >/dev/null 2>&1 &
+RUST_LOG=warn "${CARGO_TARGET_DIR:-target}/release/chat-server" --listen 127.0.0.1:$port --threads "$threads" --redis "$redis" --rate-limit 0 >/dev/null 2>&1 &
 server=$!
 trap 'kill $server 2>/dev/null || true' EXIT
 sleep 1
-node=$(target/release/loadgen flood --url ws://127.0.0.1:$port --conns 20 --window 64 --rooms 10 --body 100 --duration "$seconds")
+node=$("${CARGO_TARGET_DIR:-target}/release/loadgen" flood --url ws://127.0.0.1:$port --conns 20 --window 64 --rooms 10 --body 100 --duration "$seconds")
 echo "$node"
 metrics=$(curl -s 127.0.0.1:$port/metrics)
 trips=$(echo "$metrics" | awk '/^chat_redis_round_trips_total/ {print $2}')

@@ -24,12 +24,15 @@ standalone_stop() {
   rm -f "$pidfile"
 }
 
+# Where cargo puts the release binaries (CARGO_TARGET_DIR is honoured, as cluster.sh does).
+bin=${CARGO_TARGET_DIR:-target}/release
+
 standalone() {
   scripts/setup.sh
   cargo build --release -p chat-server
   mkdir -p "$state"
   standalone_stop
-  CHAT_LISTEN=$listen nohup target/release/chat-server > "$state/chat-server.out" 2> "$state/chat-server.log" &
+  CHAT_LISTEN=$listen nohup "$bin/chat-server" > "$state/chat-server.out" 2> "$state/chat-server.log" &
   echo $! > "$pidfile"
   for _ in $(seq 100); do
     grep -q "listening on" "$state/chat-server.out" 2>/dev/null && break
@@ -54,7 +57,7 @@ cluster_and_load() {
   name="main-$(date +%Y%m%d-%H%M%S)"
   mkdir -p "$state/results"
   status=0
-  target/release/loadgen run --scenario loadgen/scenarios/cluster.toml \
+  "$bin/loadgen" run --scenario loadgen/scenarios/cluster.toml \
     --duration "${RUN_SECONDS:-20}" --name "$name" --results-dir "$state/results" || status=$?
   echo
   cat "$state/results/$name/report.md" 2>/dev/null || true
