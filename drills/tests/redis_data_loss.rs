@@ -142,13 +142,19 @@ async fn redis_loses_its_data_no_seq_reused_resume_from_postgres_is_truthful() {
         (2.5..6.0).contains(&outage),
         format!("Redis was down for about 3 s and came back empty ({outage:.1} s)"),
     );
+    // Both nodes must have noticed the kill (their pub/sub link dropped). Whether a client saw
+    // it too depends on timing: a Lua step that was queued while Redis was down and answered
+    // within the retry budget after the restart is only a late ack, not a retry.
+    let disconnects = cluster.node_metric("chat_redis_disconnects_total");
+    let node_retries = cluster.node_metric("chat_redis_retries_total");
+    report.field("client_retries", c.retries);
+    report.field("client_unavailable", c.unavailable);
+    report.field("node_redis_retries", node_retries);
     report.check(
-        c.retries > 0 || c.unavailable > 0 || cluster.node_metric("chat_redis_retries_total") > 0.0,
+        disconnects >= cluster.nodes.len() as f64,
         format!(
-            "the restart was felt (client retries {}, unavailable {}, node Redis retries {})",
-            c.retries,
-            c.unavailable,
-            cluster.node_metric("chat_redis_retries_total")
+            "every node noticed the kill: its Redis link dropped ({disconnects} disconnects on {} nodes)",
+            cluster.nodes.len()
         ),
     );
     report.check(
