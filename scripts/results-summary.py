@@ -176,7 +176,7 @@ def persister(d):
 
 # ------------------------------------------------------------------------------------------
 def sweep_steps(sweep_dir):
-    """sweep.json plus, per step, its result.json (for CPU pressure)."""
+    """sweep.json plus, per step, its last attempt's result.json (for CPU pressure)."""
     s = load(os.path.join(sweep_dir, "sweep.json"))
     if s is None:
         return None, []
@@ -184,8 +184,20 @@ def sweep_steps(sweep_dir):
     for st in s["steps"]:
         rate = st["rate"]
         name = f"rate-{int(rate)}" if float(rate).is_integer() else f"rate-{rate}"
+        attempts = len(st.get("attempts_p99_ms") or [])
+        if attempts > 1:
+            name += f"-try-{attempts}"
         results[rate] = load(os.path.join(sweep_dir, name, "result.json"))
     return s, results
+
+
+def retried(s):
+    """'; 2 steps retried (p99 10.6, 16.8 ms at the first try)', or '' when none was."""
+    firsts = [st["attempts_p99_ms"][0] for st in s["steps"] if len(st.get("attempts_p99_ms") or []) > 1]
+    if not firsts:
+        return ""
+    return (f"; {len(firsts)} step{'s' if len(firsts) != 1 else ''} retried "
+            f"(p99 {', '.join(f'{x:.1f}' for x in firsts)} ms at the first try)")
 
 
 def step_at(s, rate):
@@ -267,6 +279,7 @@ def readme(out):
             f"sweep, {len(s['steps'])} steps from {num(s['steps'][0]['rate'])} msg/s" if s["steps"] else "sweep",
             (f"highest passing **{num(best)} msg/s = {num(st['delivered_per_s'])} deliveries/s**, p99 {ms(st['p99_ms'])}"
              + (" (loadgen-bound)" if s.get("best_loadgen_bound") else "") if st else "no step passed")
+            + retried(s)
             + f"; CPU pressure up to {pct(pressure(res.values()))}",
         ))
     coarse = os.path.join(sd, "coarse")

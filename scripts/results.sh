@@ -7,8 +7,9 @@
 #   scripts/results.sh [--quick] PART...    only some parts, in this order:
 #       standalone   chat-server on all cores (--rate-limit 0): a coarse sweep to find the region,
 #                    then REPEATS fine sweeps (about 10 % apart) to the highest rate with delivery
-#                    p99 <= 10 ms and zero loss (the headline is their median), then REPEATS fixed
-#                    runs at half that rate
+#                    p99 <= 10 ms and zero loss (the headline is their median; a step that missed
+#                    only the p99 is run once more before a sweep stops there, so one scheduling
+#                    hiccup does not end it), then REPEATS fixed runs at half that rate
 #       idle         memory per idle connection: a fresh server's RSS before and with N idle
 #                    WebSockets open (100 000, or as many as the open-files limit allows)
 #       cluster      scripts/cluster.sh up (Redis, PostgreSQL, tansu, two nodes, the persister):
@@ -180,7 +181,7 @@ standalone() {
   # 1. Coarse: x1.5 steps from 2000 msg/s, short steps, only to find the region.
   say "standalone: coarse sweep (${coarse_duration} s steps)"
   server_start standalone-coarse
-  lg sweep --url "$server_ws" "${traffic[@]}" --start-rate 2000 --factor 1.5 \
+  lg sweep --url "$server_ws" "${traffic[@]}" --start-rate 2000 --factor 1.5 --retries 0 \
     --warmup "$coarse_warmup" --duration "$coarse_duration" --results-dir "$dir" --name coarse
   server_stop
   local best fail
@@ -198,7 +199,7 @@ standalone() {
   for i in $(seq "$repeats"); do
     say "standalone: sweep $i/$repeats from $start msg/s, x1.1 steps of ${fine_duration} s"
     server_start "standalone-sweep-$i"
-    lg sweep --url "$server_ws" "${traffic[@]}" --start-rate "$start" --factor 1.1 \
+    lg sweep --url "$server_ws" "${traffic[@]}" --start-rate "$start" --factor 1.1 --retries 1 \
       --max-rate "$max" --warmup "$fine_warmup" --duration "$fine_duration" \
       --results-dir "$dir" --name "run-$i"
     server_stop
@@ -340,7 +341,7 @@ cluster() {
     --name cluster-2node-fixed
   say "cluster: sweep from 500 msg/s, x1.25 steps of ${csweep_duration} s"
   lg sweep --url ws://127.0.0.1:8081,ws://127.0.0.1:8082 --rooms "$rooms" --members "$members" \
-    --senders "$senders" --dm-share 0.1 --threads "$lg_threads" --p99-ms "$p99_ms" \
+    --senders "$senders" --dm-share 0.1 --threads "$lg_threads" --p99-ms "$p99_ms" --retries 1 \
     --start-rate 500 --factor 1.25 --warmup "$csweep_warmup" --duration "$csweep_duration" \
     --results-dir "$out" --name cluster-2node-sweep
   if [ "$was_up" = 0 ]; then scripts/cluster.sh down 8>&-; fi

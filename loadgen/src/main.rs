@@ -103,6 +103,11 @@ enum Command {
         /// Keep going after the first failing rate.
         #[arg(long)]
         keep_going: bool,
+        /// Run a step that failed only on its p99 (nothing lost) this many more times before
+        /// the sweep stops there: one scheduling hiccup on a shared machine can cost a 10 s
+        /// step its p99. Every attempt is recorded.
+        #[arg(long, default_value_t = 1)]
+        retries: u32,
     },
     /// Two results side by side, with ratios.
     Compare { a: PathBuf, b: PathBuf },
@@ -175,6 +180,7 @@ fn main() -> ExitCode {
                 max_rate,
                 p99_ms,
                 keep_going,
+                retries,
             } => {
                 let sc = match scenario.resolve() {
                     Ok(s) => s,
@@ -188,6 +194,7 @@ fn main() -> ExitCode {
                     max: max_rate,
                     p99_ms,
                     keep_going,
+                    retries,
                 };
                 match sweep::sweep(&common.options(sc, false), &plan).await {
                     Ok(r) => {

@@ -2,6 +2,13 @@
 //! delivery p99 under a bound with zero loss (every step a full, verified run). Each step's
 //! `result.json` and `report.md` go to `results/<name>/rate-<R>/`, the table to
 //! `results/<name>/sweep.json` and `sweep.md`.
+//!
+//! On a shared machine one scheduling hiccup of ~100 ms in a 10 s step is enough to push the
+//! delivery p99 over a 10 ms bound (at 60k deliveries/s it delays ~1 % of them), so a sweep that
+//! stops at its first failing step finds where a hiccup happened to land, not where the server
+//! runs out. With `retries` a step that failed *only* on its p99 is run again before the sweep
+//! stops, and passes if a retry passes; a step that lost, duplicated or reordered anything is
+//! never retried. Every attempt's p99 is kept in the step (`attempts_p99_ms`).
 
 use crate::coordinator::{self, RunOptions};
 use crate::report::RunResult;
@@ -21,6 +28,9 @@ pub struct Plan {
     pub p99_ms: f64,
     /// Run every rate even after a failing one.
     pub keep_going: bool,
+    /// How many times a step that failed only on its p99 is run again before it counts as
+    /// failed.
+    pub retries: u32,
 }
 
 impl Plan {
@@ -55,6 +65,10 @@ pub struct Step {
     pub loadgen_cores: f64,
     pub server_cpu_us_per_delivered: Option<f64>,
     pub pass: bool,
+    /// Delivery p99 of every attempt at this rate, in order (more than one when a step that
+    /// failed on its p99 was retried); the other fields are the last attempt's.
+    #[serde(default)]
+    pub attempts_p99_ms: Vec<f64>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -87,21 +101,35 @@ pub async fn sweep(opts: &RunOptions, plan: &Plan) -> Result<SweepResult, String
         o.scenario.name = format!("rate-{rate}");
         o.results_dir = dir.clone();
         o.plots = false;
-        let r: RunResult = coordinator::run(&o).await?;
-        let d = &r.latency.delivery;
-        let pass = r.verdict.ok && d.p99_ms <= plan.p99_ms;
-        eprintln!(
-            "sweep {rate:>9} msg/s: sent {:>9.0}/s p99 {:>9.3} ms lost {:>6} {}{}",
-            r.throughput.sent_per_s,
-            d.p99_ms,
-            r.counters.lost,
-            if pass { "pass" } else { "FAIL" },
-            if r.loadgen.bottleneck {
-                " (loadgen-bound)"
-            } else {
-                ""
+        let mut attempts_p99_ms = Vec::new();
+        let (r, pass) = loop {
+            if !attempts_p99_ms.is_empty() {
+                o.scenario.name = format!("rate-{rate}-try-{}", attempts_p99_ms.len() + 1);
             }
-        );
+            let r: RunResult = coordinator::run(&o).await?;
+            let d = &r.latency.delivery;
+            let pass = r.verdict.ok && d.p99_ms <= plan.p99_ms;
+            attempts_p99_ms.push(d.p99_ms);
+            eprintln!(
+                "sweep {rate:>9} msg/s: sent {:>9.0}/s p99 {:>9.3} ms lost {:>6} {}{}",
+                r.throughput.sent_per_s,
+                d.p99_ms,
+                r.counters.lost,
+                if pass { "pass" } else { "FAIL" },
+                if r.loadgen.bottleneck {
+                    " (loadgen-bound)"
+                } else {
+                    ""
+                }
+            );
+            // Only a p99 miss is worth another try: a lost or duplicated message is a bug.
+            let retry = !pass && r.verdict.ok && attempts_p99_ms.len() <= plan.retries as usize;
+            if !retry {
+                break (r, pass);
+            }
+            eprintln!("sweep {rate:>9} msg/s: p99 over the bound only; running the step again");
+        };
+        let d = &r.latency.delivery;
         steps.push(Step {
             rate,
             sent_per_s: r.throughput.sent_per_s,
@@ -115,6 +143,7 @@ pub async fn sweep(opts: &RunOptions, plan: &Plan) -> Result<SweepResult, String
             loadgen_cores: r.loadgen.cpu_cores,
             server_cpu_us_per_delivered: r.server_cpu_us_per_delivered,
             pass,
+            attempts_p99_ms,
         });
         if pass && !failed {
             best = Some(rate);
@@ -183,14 +212,35 @@ pub fn markdown(r: &SweepResult, command_line: &str) -> String {
             if st.loadgen_bound { "yes" } else { "no" },
             st.server_cpu_us_per_delivered
                 .map_or("n/a".into(), |v| format!("{v:.2}")),
-            if st.pass {
-                "pass".to_string()
-            } else {
-                format!("FAIL {}", st.problems.join(", "))
-            }
+            verdict(st)
         );
     }
     s
+}
+
+/// A step's result column: pass/FAIL, what failed, and the earlier attempts' p99 if retried.
+fn verdict(st: &Step) -> String {
+    let mut v = if st.pass {
+        "pass".to_string()
+    } else if st.problems.is_empty() {
+        "FAIL p99".to_string()
+    } else {
+        format!("FAIL {}", st.problems.join(", "))
+    };
+    if let Some((_, earlier)) = st
+        .attempts_p99_ms
+        .split_last()
+        .filter(|(_, e)| !e.is_empty())
+    {
+        let ms: Vec<String> = earlier.iter().map(|p| format!("{p:.1}")).collect();
+        let _ = write!(
+            v,
+            " (attempt {}; earlier p99 {} ms)",
+            st.attempts_p99_ms.len(),
+            ms.join(", ")
+        );
+    }
+    v
 }
 
 #[cfg(test)]
@@ -207,6 +257,7 @@ mod tests {
             max: 8000.0,
             p99_ms: 10.0,
             keep_going: false,
+            retries: 0,
         };
         assert_eq!(p.rates(), vec![1000.0, 2000.0, 4000.0, 8000.0]);
         let q = Plan {

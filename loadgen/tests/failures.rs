@@ -9,22 +9,9 @@
 
 mod support;
 
-use loadgen::coordinator::{self, RunOptions};
+use loadgen::coordinator;
 use loadgen::scenario::{Pause, Scenario};
 use std::collections::HashMap;
-use std::time::Duration;
-
-fn options(scenario: Scenario, name: &str) -> RunOptions {
-    RunOptions {
-        scenario,
-        agents: vec![],
-        results_dir: support::temp_dir(name),
-        command_line: "test".into(),
-        progress: false,
-        plots: false,
-        start_delay: Duration::from_millis(200),
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cut_receivers_reconnect_resume_and_lose_nothing() {
@@ -57,7 +44,7 @@ async fn cut_receivers_reconnect_resume_and_lose_nothing() {
         drain_timeout: 20.0,
         ..Scenario::default()
     };
-    let r = coordinator::run(&options(scenario, "reconnect"))
+    let r = coordinator::run(&support::run_options(scenario, "reconnect"))
         .await
         .unwrap();
     print!("{}", r.summary());
@@ -111,7 +98,7 @@ async fn stalled_connections_are_cut_and_the_rest_lose_nothing() {
         stall_at: 0.5,
         ..Scenario::default()
     };
-    let r = coordinator::run(&options(scenario, "stalled"))
+    let r = coordinator::run(&support::run_options(scenario, "stalled"))
         .await
         .unwrap();
     print!("{}", r.summary());

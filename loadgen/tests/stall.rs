@@ -11,26 +11,18 @@ use loadgen::scenario::{Pause, Scenario};
 use std::time::Duration;
 
 fn options(addr: std::net::SocketAddr, name: &str, pause: Option<Pause>) -> RunOptions {
-    RunOptions {
-        scenario: Scenario {
-            name: name.into(),
-            urls: vec![format!("ws://{addr}")],
-            rooms: 4,
-            members: 5,
-            senders: 4,
-            rate: 200.0,
-            warmup: 0.0,
-            duration: 3.0,
-            inject_pause: pause,
-            ..Scenario::default()
-        },
-        agents: vec![],
-        results_dir: support::temp_dir(name),
-        command_line: "test".into(),
-        progress: false,
-        plots: false,
-        start_delay: Duration::from_millis(200),
-    }
+    let scenario = Scenario {
+        urls: vec![format!("ws://{addr}")],
+        rooms: 4,
+        members: 5,
+        senders: 4,
+        rate: 200.0,
+        warmup: 0.0,
+        duration: 3.0,
+        inject_pause: pause,
+        ..Scenario::default()
+    };
+    support::run_options(scenario, name)
 }
 
 const STALL_MS: f64 = 1000.0;

@@ -4,6 +4,8 @@
 #![allow(dead_code)]
 
 use futures_util::{SinkExt, StreamExt};
+use loadgen::coordinator::RunOptions;
+use loadgen::scenario::Scenario;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::io::BufRead;
@@ -222,4 +224,21 @@ pub fn temp_dir(name: &str) -> PathBuf {
     ));
     std::fs::create_dir_all(&d).unwrap();
     d
+}
+
+/// In-process run options for `scenario` (named `name`, results in a fresh directory): no
+/// agents, no progress line, no plots.
+pub fn run_options(scenario: Scenario, name: &str) -> RunOptions {
+    RunOptions {
+        scenario: Scenario {
+            name: name.into(),
+            ..scenario
+        },
+        agents: vec![],
+        results_dir: temp_dir(name),
+        command_line: "test".into(),
+        progress: false,
+        plots: false,
+        start_delay: Duration::from_millis(200),
+    }
 }
