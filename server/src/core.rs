@@ -496,7 +496,11 @@ impl Core {
                     tracing::error!(?unexpected, "misrouted core message");
                 }
                 if published {
-                    inc(&self.counters().messages_published);
+                    let c = self.counters();
+                    inc(&c.messages_published);
+                    let (pairs, evicted) = self.shard.dedupe_stats();
+                    c.dedupe_pairs.store(pairs as u64, Relaxed);
+                    c.dedupe_evicted_early.store(evicted, Relaxed);
                 }
                 if self.shard.rooms() != before {
                     self.counters()

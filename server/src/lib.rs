@@ -7,6 +7,7 @@ pub mod fanout;
 
 pub mod bus {
     //! See `bus/mod.rs`; only the parts that stand alone.
+    pub mod dedupe;
     pub mod memory;
     pub mod redis;
 }

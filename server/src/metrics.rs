@@ -36,6 +36,10 @@ pub struct CoreCounters {
     pub mail_messages: AtomicU64,
     /// Rooms owned by this core (gauge).
     pub rooms: AtomicU64,
+    /// Standalone: `(room, from, cid)` pairs remembered for retries (gauge), and those forgotten
+    /// before their window ended because the window was full (`--dedupe-capacity`).
+    pub dedupe_pairs: AtomicU64,
+    pub dedupe_evicted_early: AtomicU64,
 }
 
 pub fn inc(c: &AtomicU64) {
@@ -84,7 +88,7 @@ impl Metrics {
     pub fn render(&self, draining: bool) -> String {
         let mut out = String::with_capacity(4096);
         type Field = fn(&CoreCounters) -> &AtomicU64;
-        let series: [(&str, &str, &str, Field); 15] = [
+        let series: [(&str, &str, &str, Field); 17] = [
             (
                 "chat_connections",
                 "gauge",
@@ -172,6 +176,18 @@ impl Metrics {
             ("chat_rooms", "gauge", "Rooms owned by this core.", |c| {
                 &c.rooms
             }),
+            (
+                "chat_dedupe_pairs",
+                "gauge",
+                "Standalone: (room, from, cid) pairs remembered to answer retries.",
+                |c| &c.dedupe_pairs,
+            ),
+            (
+                "chat_dedupe_evicted_early_total",
+                "counter",
+                "Standalone: pairs forgotten before their window ended (--dedupe-capacity full).",
+                |c| &c.dedupe_evicted_early,
+            ),
         ];
         for (name, kind, help, field) in series {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");

@@ -384,6 +384,12 @@ async fn a_retried_cid_is_the_same_message() {
         bob.recv_within(Duration::from_millis(300)).await.is_none(),
         "no second delivery"
     );
+    // Two (room, from, cid) pairs remembered, whichever core owns the room; none forgotten.
+    assert_eq!(metric_sum(server.addr, "chat_dedupe_pairs").await, 2);
+    assert_eq!(
+        metric_sum(server.addr, "chat_dedupe_evicted_early_total").await,
+        0
+    );
 }
 
 #[tokio::test]
@@ -549,7 +555,7 @@ async fn a_slow_consumer_is_cut_off_and_the_others_get_everything() {
     // after whatever was already in its socket.
     let addr = server.addr;
     let slow_side = tokio::spawn(async move {
-        while slow_consumers(addr).await == 0 {
+        while metric_sum(addr, "chat_slow_consumer_disconnects_total").await == 0 {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         slow.close_code().await
@@ -591,14 +597,19 @@ async fn a_slow_consumer_is_cut_off_and_the_others_get_everything() {
         "bob got every message in order"
     );
     assert_eq!(slow_side.await.unwrap(), Some(1008));
-    assert_eq!(slow_consumers(addr).await, 1, "only the slow one was cut");
+    assert_eq!(
+        metric_sum(addr, "chat_slow_consumer_disconnects_total").await,
+        1,
+        "only the slow one was cut"
+    );
 }
 
-async fn slow_consumers(addr: std::net::SocketAddr) -> u64 {
+/// A per-core series of `/metrics`, summed over the cores.
+async fn metric_sum(addr: std::net::SocketAddr, name: &str) -> u64 {
     let (_, metrics) = http_get(addr, "/metrics").await;
     metrics
         .lines()
-        .filter(|l| l.starts_with("chat_slow_consumer_disconnects_total{"))
+        .filter(|l| l.starts_with(&format!("{name}{{")))
         .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
         .sum()
 }

@@ -7,6 +7,7 @@
 //! that has members. This is the same job Redis does for a cluster (seq + recent cache + publish
 //! in one step); keeping the shapes alike keeps the core code the same in both modes.
 
+use super::dedupe::DedupeWindow;
 use crate::fanout::{user_owner, Channel, CoreId, CoreMsg, Name, Outbox, Reply, ReplyTo};
 use ahash::AHashMap;
 use bytes::Bytes;
@@ -96,32 +97,32 @@ pub struct RoomShard {
     cfg: MemoryConfig,
     rooms: AHashMap<Name, RoomState>,
     users: AHashMap<Name, CoreSet>,
-    /// `(room, from, cid)` -> first answer, and the keys in arrival order for expiry.
-    dedupe: AHashMap<Rc<str>, Remembered>,
-    dedupe_order: VecDeque<(u64, Rc<str>)>,
+    /// `(room, from, cid)` -> first answer, for the dedupe window.
+    dedupe: DedupeWindow<Remembered>,
     id_prefix: String,
     next_id: u64,
-    /// Pairs forgotten before their window ended because of `dedupe_capacity`.
-    pub dedupe_evicted_early: u64,
 }
 
 impl RoomShard {
     pub fn new(core: CoreId, cores: usize, node_id: u64, cfg: MemoryConfig) -> Self {
         RoomShard {
             cores,
-            cfg,
             rooms: AHashMap::new(),
             users: AHashMap::new(),
-            dedupe: AHashMap::new(),
-            dedupe_order: VecDeque::new(),
+            dedupe: DedupeWindow::new(cfg.dedupe_window_ms, cfg.dedupe_capacity),
             id_prefix: format!("{node_id:016x}-{core:x}-"),
             next_id: 0,
-            dedupe_evicted_early: 0,
+            cfg,
         }
     }
 
     pub fn rooms(&self) -> usize {
         self.rooms.len()
+    }
+
+    /// Pairs in the dedupe window, and pairs forgotten early because it was full.
+    pub fn dedupe_stats(&self) -> (usize, u64) {
+        (self.dedupe.pairs(), self.dedupe.evicted_early())
     }
 
     fn room(&mut self, name: &Name) -> &mut RoomState {
@@ -221,7 +222,7 @@ impl RoomShard {
 
     fn publish(&mut self, req: PublishRequest, out: &Outbox) {
         let key: Rc<str> = format!("{}\u{0}{}\u{0}{}", req.room, req.from, req.cid).into();
-        self.expire_dedupe(req.ts);
+        self.dedupe.expire(req.ts);
         if let Some(first) = self.dedupe.get(&key) {
             // A retry: the same answer as the first time, and no second delivery.
             let ack = reply::ack(&req.cid, &first.room, first.seq, &first.id);
@@ -293,29 +294,14 @@ impl RoomShard {
             },
         );
         self.dedupe.insert(
-            key.clone(),
+            req.ts,
+            key,
             Remembered {
                 room: req.room,
                 seq,
                 id,
             },
         );
-        self.dedupe_order.push_back((req.ts, key));
-    }
-
-    fn expire_dedupe(&mut self, now_ms: u64) {
-        while let Some((ts, _)) = self.dedupe_order.front() {
-            let expired = now_ms.saturating_sub(*ts) > self.cfg.dedupe_window_ms;
-            let over = self.dedupe_order.len() >= self.cfg.dedupe_capacity;
-            if !expired && !over {
-                break;
-            }
-            if !expired {
-                self.dedupe_evicted_early += 1;
-            }
-            let (_, key) = self.dedupe_order.pop_front().unwrap();
-            self.dedupe.remove(&key);
-        }
     }
 }
 
