@@ -93,6 +93,15 @@ async fn persister_sigkilled_mid_batch_exactly_once_after_restart() {
     let (run, p) = cluster.finish(load, &mut report).await;
     let c = &run.result.counters;
     report.field("kills", 2);
+    // A restart inside the dead member's session can be left without partitions by the broker;
+    // the persister's idle watchdog rejoins then (persister/src/idle_watch.rs).
+    report.field(
+        "group_rejoins_after_last_start",
+        cluster
+            .persister
+            .metric("chat_persister_group_rejoins_total")
+            .unwrap_or(-1.0),
+    );
     report.field(
         "committed_at_kill",
         committed_before_kill.as_ref().map_or(-1, |n| *n as i64),

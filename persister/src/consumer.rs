@@ -40,6 +40,7 @@
 use crate::batch::{Batch, Gather};
 use crate::config::Config;
 use crate::copy::{self, Backoff};
+use crate::idle_watch::IdleWatch;
 use crate::metrics::Metrics;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
@@ -192,7 +193,7 @@ impl Context {
     /// The stored next offsets of `partitions`, retried until PostgreSQL answers. `None` when
     /// the persister is stopping meanwhile. Blocks the polling thread, on purpose: reading may
     /// not start before the position is known.
-    fn load_offsets(&self, partitions: &[i32]) -> Option<HashMap<i32, i64>> {
+    pub(crate) fn load_offsets(&self, partitions: &[i32]) -> Option<HashMap<i32, i64>> {
         let mut backoff = Backoff::new(self.retry_max);
         loop {
             let result = self.runtime.block_on(async {
@@ -337,6 +338,7 @@ pub fn run(
     tx: mpsc::Sender<Batch>,
     stop: Arc<AtomicBool>,
     metrics: Arc<Metrics>,
+    mut idle: IdleWatch,
 ) {
     let mut errors = ErrorLog::default();
     let mut gaps = ErrorLog::default();
@@ -344,6 +346,7 @@ pub fn run(
     let mut expected: HashMap<i32, i64> = HashMap::new();
     let mut generation = u64::MAX;
     while !stop.load(Ordering::Relaxed) {
+        idle.check(&consumer, &partitions, &metrics);
         let now = Instant::now();
         let mut waiting = false;
         if gather.is_full() {

@@ -16,12 +16,14 @@ mod config;
 mod consumer;
 mod copy;
 mod dead_letter;
+mod idle_watch;
 mod metrics;
 mod schema;
 
 use batch::Gather;
 use clap::Parser;
 use consumer::Partitions;
+use idle_watch::IdleWatch;
 use metrics::Metrics;
 use rdkafka::consumer::Consumer;
 use std::io::Write;
@@ -133,9 +135,10 @@ async fn run(config: config::Config) -> i32 {
         let (kafka, stop, metrics) = (kafka.clone(), stop.clone(), metrics.clone());
         let partitions = partitions.clone();
         let gather = Gather::new(config.batch_max, config.batch_wait());
+        let idle = IdleWatch::new(Duration::from_millis(config.session_timeout_ms.max(1)));
         std::thread::Builder::new()
             .name("kafka-poll".into())
-            .spawn(move || consumer::run(kafka, partitions, gather, tx, stop, metrics))
+            .spawn(move || consumer::run(kafka, partitions, gather, tx, stop, metrics, idle))
             .expect("spawn the polling thread")
     };
     let watermarks = tokio::spawn(consumer::refresh_watermarks(

@@ -86,6 +86,9 @@ pub struct Metrics {
     pub kafka_errors: AtomicU64,
     /// Partition assignments received from the group.
     pub rebalances: AtomicU64,
+    /// Times the group left this member idle while nobody persisted waiting records, and it
+    /// rejoined (see [`crate::idle_watch`]).
+    pub group_rejoins: AtomicU64,
     /// Offsets that were never delivered (see [`crate::consumer::run`]).
     pub skipped_offsets: AtomicU64,
     /// Direct COPYs that met a duplicate and went through the staging table instead.
@@ -107,6 +110,7 @@ impl Default for Metrics {
             pg_errors: AtomicU64::new(0),
             kafka_errors: AtomicU64::new(0),
             rebalances: AtomicU64::new(0),
+            group_rejoins: AtomicU64::new(0),
             skipped_offsets: AtomicU64::new(0),
             copy_fallbacks: AtomicU64::new(0),
             batch_records: Histogram::new(BATCH_SIZE_BOUNDS),
@@ -183,6 +187,12 @@ impl Metrics {
             "chat_persister_rebalances_total",
             "Partition assignments received from the consumer group.",
             &self.rebalances,
+        );
+        counter(
+            &mut out,
+            "chat_persister_group_rejoins_total",
+            "Rejoins of the consumer group after it left this persister idle while nobody persisted waiting records.",
+            &self.group_rejoins,
         );
         counter(
             &mut out,

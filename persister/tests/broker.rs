@@ -9,25 +9,25 @@ use support::*;
 
 const WAIT: Duration = Duration::from_secs(120);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn real_broker_exactly_once_across_a_broker_restart() {
-    let Some(mut broker) = tokio::task::spawn_blocking(|| Broker::start(true))
-        .await
-        .unwrap()
-    else {
-        return;
-    };
-    let topic = unique("t").replace('_', "-");
-    let addr = broker.addr();
-    broker = tokio::task::spawn_blocking({
-        let topic = topic.clone();
-        move || {
-            broker.create_topic(&topic, 3);
-            broker
-        }
+/// A tansu broker (`durable`: SQLite storage, else memory) with a fresh topic of `partitions`;
+/// `None` (after `SKIPPED: ...`) without tansu.
+async fn broker_with_topic(durable: bool, partitions: u32) -> Option<(Broker, String, String)> {
+    tokio::task::spawn_blocking(move || {
+        let broker = Broker::start(durable)?;
+        let topic = unique("t").replace('_', "-");
+        broker.create_topic(&topic, partitions);
+        let addr = broker.addr();
+        Some((broker, addr, topic))
     })
     .await
-    .unwrap();
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_broker_exactly_once_across_a_broker_restart() {
+    let Some((mut broker, addr, topic)) = broker_with_topic(true, 3).await else {
+        return;
+    };
     let db = Db::create().await;
 
     let all = messages(6, 1_000);
@@ -81,14 +81,54 @@ async fn real_broker_exactly_once_across_a_broker_restart() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let distinct: i64 = db
-        .client()
-        .await
-        .query_one("SELECT count(DISTINCT (room, seq)) FROM messages", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let distinct = db
+        .scalar("SELECT count(DISTINCT (room, seq)) FROM messages")
+        .await;
     assert_eq!(distinct, 6_000);
     assert!(p.terminate(WAIT).success(), "{}", p.log_tail(30));
+    drop(broker);
+}
+
+/// A persister restarted right after the previous one was SIGKILLed joins a group in which the
+/// dead member still counts (its session has not expired). tansu made the dead member the
+/// leader of the new generation and gave the restarted one nothing, never to rebalance again;
+/// the idle watchdog (`src/idle_watch.rs`) sees records wait while no stored offset moves, and
+/// rejoins. Every record must land, exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_persister_restarted_right_after_a_crash_gets_the_partitions() {
+    let Some((broker, addr, topic)) = broker_with_topic(false, 3).await else {
+        return;
+    };
+    let group = unique("g");
+    let db = Db::create().await;
+    let all = messages(6, 400);
+    let (first, second) = all.split_at(1_200);
+    let produce_async = |records: Vec<(String, Vec<u8>)>| {
+        let (addr, topic) = (addr.clone(), topic.clone());
+        tokio::task::spawn_blocking(move || produce(&addr, &topic, &records))
+    };
+    produce_async(first.to_vec()).await.unwrap();
+    let mut a = Persister::start(&addr, db.url(), &topic, &group, &[]);
+    db.wait_rows(1_200, WAIT, &mut a).await;
+
+    // Crash, and the restart comes inside the 6 s session timeout (after 3 s, as a supervisor's
+    // restart delay would: an immediate restart got the partitions from tansu at once).
+    a.kill();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut b = Persister::start(&addr, db.url(), &topic, &group, &[]);
+    produce_async(second.to_vec()).await.unwrap();
+    db.wait_rows(2_400, WAIT, &mut b).await;
+    let log = b.log_text();
+    let assignments: Vec<&str> = log.lines().filter(|l| l.contains("assigned;")).collect();
+    println!(
+        "restarted persister: {} rejoin(s); assignments:\n{}",
+        b.metric("chat_persister_group_rejoins_total"),
+        assignments.join("\n")
+    );
+    let distinct = db
+        .scalar("SELECT count(DISTINCT (room, seq)) FROM messages")
+        .await;
+    assert_eq!(distinct, 2_400);
+    assert!(b.terminate(WAIT).success(), "{}", b.log_tail(30));
     drop(broker);
 }

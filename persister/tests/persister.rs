@@ -559,13 +559,9 @@ async fn two_persisters_start_together_share_partitions_and_hand_over() {
         .filter(|p| p.log_text().contains("schema migrations applied"))
         .count();
     assert_eq!(migrated, 1, "exactly one of the two applied the migrations");
-    let versions: i64 = db
-        .client()
-        .await
-        .query_one("SELECT count(*) FROM persister_schema_migrations", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let versions = db
+        .scalar("SELECT count(*) FROM persister_schema_migrations")
+        .await;
     assert_eq!(versions, 1);
     assert!(b.terminate(WAIT).success());
 }

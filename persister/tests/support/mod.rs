@@ -107,6 +107,16 @@ impl Db {
         self.try_count().await.expect("count messages")
     }
 
+    /// The result of a query that returns one `bigint`.
+    pub async fn scalar(&self, sql: &str) -> i64 {
+        self.client()
+            .await
+            .query_one(sql, &[])
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+            .get(0)
+    }
+
     /// Sum of the stored next offsets of `topic` over its partitions.
     pub async fn offsets(&self, topic: &str) -> Vec<(i32, i64)> {
         self.client()
