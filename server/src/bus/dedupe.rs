@@ -1,79 +1,93 @@
 //! The standalone `cid` dedupe window: `(room, from, cid)` → the first answer, kept for
 //! `window_ms` and at most `capacity` pairs, oldest forgotten first.
 //!
-//! Why not just a `HashMap`: a hash table that fills up grows by rehashing *every* entry into a
-//! table twice the size, in one insert. Under load that insert is a stall of the core that owns
-//! the rooms: 17 ms at 229,376 pairs here with warm memory, 30-80 ms when the new table is fresh
-//! memory (`cargo bench -p chat-bench --bench dedupe`), and both cores of a 2-core machine cross
-//! the same threshold together. The published standalone sweeps showed it: a 90-130 ms delivery
-//! pause at exactly 57k, 115k and 229k messages per core since the server started, enough on
-//! its own to push a 10 s step's p99 over 10 ms. Every doubling on the way to the default
-//! million pairs is one. So this table grows the way Redis's dictionaries do: incrementally. When
-//! `current` is full, it becomes `previous` and a table twice its size takes its place; every
-//! insert then moves [`MOVES_PER_INSERT`] pairs across, so `previous` is empty long before the
-//! new table is full, and no insert does more than a few entries' work. Lookups and removals
-//! look in both.
+//! Why not one `HashMap` + one arrival-order queue: a hash table that fills up doubles in one
+//! insert, rehashing every pair into a newly allocated table, and the queue doubles by copying.
+//! Under load that insert is a stall of the core that owns the rooms. The published standalone
+//! sweeps showed it: a 50-130 ms delivery pause whenever a core's window crossed 57,344 and
+//! 114,688 pairs (7/8 of 2^16 and 2^17 buckets), at the same second of every run, in both
+//! cores at once; one such pause in a 10 s step is enough to miss p99 <= 10 ms. Moving the
+//! pairs across incrementally (Redis's way) was tried and did not help end to end: on this VM
+//! the cost is as much the OS handing out a fresh multi-megabyte table (page faults cost 3-6 µs
+//! each here) as the rehash itself.
 //!
-//! The pairs to move are found through `order` (every key in arrival order, for expiry): the
-//! pairs still in `previous` are the oldest ones, so a cursor into `order` walks them without
-//! scanning the table.
-//!
-//! What is left of a growth is allocating the new table (its control bytes are written once)
-//! and the `order` queue doubling: ~0.2 ms at 250k pairs with recycled memory, a few ms when the
-//! OS has to hand out fresh pages (a VM's page faults cost 3-6 µs each here). The price is the
-//! moves: about twice a plain map's average insert time (the `dedupe/grow` bench), well under
-//! 1 µs per message.
+//! So the window is [`SHARDS`] small windows, chosen by a hash of the key, each with its own
+//! map and arrival-order queue. A shard grows (and expires) on its own: a growth rehashes and
+//! allocates 1/256 of the pairs, tens to hundreds of microseconds, and the shards reach their
+//! thresholds at slightly different inserts. Expiry is per shard too, on every lookup or insert
+//! that touches it, so with keys spread evenly every shard is trimmed all the time; capacity is
+//! per shard (`capacity / SHARDS`, rounded up), which bounds the whole the same way.
 
-use ahash::AHashMap;
+use ahash::{AHashMap, RandomState};
 use std::collections::VecDeque;
 use std::rc::Rc;
 
-/// Pairs moved from the old table into the new one per insert: with 2, the old table (at most
-/// half the new one's capacity) is empty after inserting a quarter of the new capacity.
-const MOVES_PER_INSERT: usize = 2;
+/// Independent sub-windows. 256 keeps each one's growth under a millisecond up to the default
+/// million pairs per core, and costs ~16 KB per core when empty.
+pub const SHARDS: usize = 256;
 
-/// Smallest table.
-const MIN_CAPACITY: usize = 64;
+struct Shard<V> {
+    map: AHashMap<Rc<str>, V>,
+    /// Every key of `map` with its arrival time (ms), oldest first.
+    order: VecDeque<(u64, Rc<str>)>,
+}
 
 pub struct DedupeWindow<V> {
     window_ms: u64,
-    capacity: usize,
-    current: AHashMap<Rc<str>, V>,
-    /// The table before the last growth, emptied into `current` a few pairs per insert.
-    previous: AHashMap<Rc<str>, V>,
-    /// Every key in either table with its arrival time (ms), oldest first.
-    order: VecDeque<(u64, Rc<str>)>,
-    /// Index in `order` of the next key to move out of `previous` (those before it were moved
-    /// or have expired).
-    cursor: usize,
-    /// Pairs forgotten before their window ended because of `capacity`.
+    shard_capacity: usize,
+    shards: Box<[Shard<V>]>,
+    hasher: RandomState,
+    pairs: usize,
+    /// Pairs forgotten before their window ended because their shard was full.
     evicted_early: u64,
-    /// Times `current` grew on its own (rehashing everything in one insert): never, when the
-    /// incremental growth works.
-    rehashed_in_one_insert: u64,
 }
 
 impl<V> DedupeWindow<V> {
     pub fn new(window_ms: u64, capacity: usize) -> Self {
         DedupeWindow {
             window_ms,
-            capacity: capacity.max(1),
-            current: AHashMap::new(),
-            previous: AHashMap::new(),
-            order: VecDeque::new(),
-            cursor: 0,
+            shard_capacity: capacity.div_ceil(SHARDS).max(1),
+            shards: (0..SHARDS)
+                .map(|_| Shard {
+                    map: AHashMap::new(),
+                    order: VecDeque::new(),
+                })
+                .collect(),
+            hasher: RandomState::new(),
+            pairs: 0,
             evicted_early: 0,
-            rehashed_in_one_insert: 0,
         }
     }
 
-    pub fn get(&self, key: &str) -> Option<&V> {
-        self.current.get(key).or_else(|| self.previous.get(key))
+    /// The first answer remembered for `key`, if its window (at `now_ms`) has not ended.
+    pub fn lookup(&mut self, now_ms: u64, key: &str) -> Option<&V> {
+        let i = self.shard_of(key);
+        self.expire(i, now_ms);
+        self.shards[i].map.get(key)
+    }
+
+    /// Remembers `key` (which must not be remembered already: [`Self::lookup`] it first) from
+    /// `now_ms`, forgetting its shard's oldest pair if the shard is full.
+    pub fn insert(&mut self, now_ms: u64, key: Rc<str>, value: V) {
+        let i = self.shard_of(&key);
+        self.expire(i, now_ms);
+        let shard = &mut self.shards[i];
+        if shard.order.len() >= self.shard_capacity {
+            if let Some((_, oldest)) = shard.order.pop_front() {
+                shard.map.remove(&oldest);
+                self.pairs -= 1;
+                self.evicted_early += 1;
+            }
+        }
+        let fresh = shard.map.insert(key.clone(), value).is_none();
+        debug_assert!(fresh, "{key:?} inserted twice");
+        shard.order.push_back((now_ms, key));
+        self.pairs += 1;
     }
 
     /// Pairs remembered.
     pub fn pairs(&self) -> usize {
-        self.current.len() + self.previous.len()
+        self.pairs
     }
 
     /// Pairs forgotten before their window ended because the window was full.
@@ -81,79 +95,21 @@ impl<V> DedupeWindow<V> {
         self.evicted_early
     }
 
-    /// Forgets the pairs older than the window (at `now_ms`), and the oldest ones while the
-    /// window is full. Call before [`Self::insert`].
-    pub fn expire(&mut self, now_ms: u64) {
-        while let Some((ts, _)) = self.order.front() {
-            let expired = now_ms.saturating_sub(*ts) > self.window_ms;
-            let over = self.order.len() >= self.capacity;
-            if !expired && !over {
+    fn shard_of(&self, key: &str) -> usize {
+        // The high bits: the low ones also pick the bucket inside the shard's own map.
+        (self.hasher.hash_one(key) >> 56) as usize % SHARDS
+    }
+
+    /// Forgets shard `i`'s pairs older than the window.
+    fn expire(&mut self, i: usize, now_ms: u64) {
+        let shard = &mut self.shards[i];
+        while let Some((ts, _)) = shard.order.front() {
+            if now_ms.saturating_sub(*ts) <= self.window_ms {
                 break;
             }
-            if !expired {
-                self.evicted_early += 1;
-            }
-            let (_, key) = self.order.pop_front().expect("front exists");
-            self.cursor = self.cursor.saturating_sub(1);
-            if self.current.remove(&key).is_none() {
-                self.previous.remove(&key);
-            }
-        }
-    }
-
-    /// Remembers `key` (which must not be remembered already: look it up first) from `now_ms`.
-    pub fn insert(&mut self, now_ms: u64, key: Rc<str>, value: V) {
-        debug_assert!(self.get(&key).is_none(), "{key:?} inserted twice");
-        if self.current.len() == self.current.capacity() {
-            self.grow();
-        }
-        let capacity = self.current.capacity();
-        self.current.insert(key.clone(), value);
-        // `capacity()` is len + the inserts left before a rehash: it grows by 1 when an insert
-        // reuses a removed pair's slot, by much more only when the table rehashed.
-        if self.current.capacity() > capacity + 1 {
-            self.rehashed_in_one_insert += 1;
-        }
-        self.order.push_back((now_ms, key));
-        self.move_some(MOVES_PER_INSERT);
-    }
-
-    /// `current` is full: it becomes `previous` (which is empty by now) and a table twice as
-    /// large takes its place. Allocating the new table is the only work done here. (Under
-    /// steady churn -- pairs expiring as fast as they come -- `current` also fills up with the
-    /// slots of removed pairs; the same switch then compacts it, a few pairs per insert,
-    /// where a plain map would rehash it in place in one insert.)
-    fn grow(&mut self) {
-        // Normally empty already; if not (a table that grew faster than it was emptied, which
-        // MOVES_PER_INSERT rules out), finish moving it first so no pair is lost.
-        self.move_some(usize::MAX);
-        let capacity = (self.current.capacity() * 2).max(MIN_CAPACITY);
-        let bigger = AHashMap::with_capacity_and_hasher(capacity, Default::default());
-        self.previous = std::mem::replace(&mut self.current, bigger);
-        // The pairs of `previous` are exactly the keys of `order` (all older than this insert).
-        self.cursor = 0;
-    }
-
-    /// Moves up to `n` pairs from `previous` into `current`.
-    fn move_some(&mut self, mut n: usize) {
-        while n > 0 && !self.previous.is_empty() {
-            let Some((_, key)) = self.order.get(self.cursor) else {
-                // Unreachable: `previous` only holds keys of `order` before the cursor's end.
-                debug_assert!(false, "previous not empty past the end of order");
-                break;
-            };
-            if let Some((k, v)) = self.previous.remove_entry(key) {
-                // Room is certain: `current` was fresh with twice `previous`'s pairs of space,
-                // and takes at most 1.5x them (one new pair per two moved) until it is empty.
-                debug_assert!(self.current.len() < self.current.capacity());
-                self.current.insert(k, v);
-                n -= 1;
-            }
-            self.cursor += 1;
-        }
-        if self.previous.is_empty() && self.previous.capacity() > 0 {
-            // Give the old table's memory back now, not at the next growth.
-            self.previous = AHashMap::new();
+            let (_, key) = shard.order.pop_front().expect("front exists");
+            shard.map.remove(&key);
+            self.pairs -= 1;
         }
     }
 }
@@ -169,80 +125,90 @@ mod tests {
     #[test]
     fn remembers_until_the_window_ends() {
         let mut d = DedupeWindow::new(1000, 1_000_000);
-        d.expire(0);
         d.insert(0, key(1), 11);
-        d.expire(500);
         d.insert(500, key(2), 12);
-        assert_eq!(d.get(&key(1)), Some(&11));
-        d.expire(1001);
-        assert_eq!(d.get(&key(1)), None, "1001 ms after it came");
-        assert_eq!(d.get(&key(2)), Some(&12));
-        d.expire(1501);
+        assert_eq!(d.lookup(1000, &key(1)), Some(&11), "1000 ms after it came");
+        assert_eq!(d.lookup(1001, &key(1)), None, "1001 ms after it came");
+        assert_eq!(d.lookup(1001, &key(2)), Some(&12));
+        assert_eq!(d.lookup(1501, &key(2)), None);
         assert_eq!(d.pairs(), 0);
         assert_eq!(d.evicted_early(), 0);
     }
 
     #[test]
-    fn forgets_the_oldest_when_full() {
-        let mut d = DedupeWindow::new(u64::MAX, 3);
-        for i in 0..5 {
-            d.expire(i);
-            d.insert(i, key(i), i);
-        }
-        assert_eq!(d.pairs(), 3);
-        assert_eq!(d.get(&key(1)), None);
-        assert_eq!(d.get(&key(2)), Some(&2));
-        assert_eq!(d.get(&key(4)), Some(&4));
-        assert_eq!(d.evicted_early(), 2);
+    fn forgets_the_oldest_of_a_full_shard() {
+        // Capacity SHARDS: one pair per shard; a second key in the same shard evicts the first.
+        let mut d = DedupeWindow::new(u64::MAX, SHARDS);
+        d.insert(0, key(0), 0);
+        let same = (1..)
+            .find(|&i| d.shard_of(&key(i)) == d.shard_of(&key(0)))
+            .unwrap();
+        let other = (1..)
+            .find(|&i| d.shard_of(&key(i)) != d.shard_of(&key(0)))
+            .unwrap();
+        d.insert(1, key(other), other);
+        d.insert(2, key(same), same);
+        assert_eq!(
+            d.lookup(3, &key(0)),
+            None,
+            "evicted by a newer pair of its shard"
+        );
+        assert_eq!(d.lookup(3, &key(same)), Some(&same));
+        assert_eq!(
+            d.lookup(3, &key(other)),
+            Some(&other),
+            "other shards keep theirs"
+        );
+        assert_eq!((d.pairs(), d.evicted_early()), (2, 1));
     }
 
-    /// Growing through many doublings, with expiry interleaved: every pair is found until it
-    /// expires, none after, and the table never rehashed everything in one insert.
+    /// Many pairs through the window with expiry interleaved: every pair is found until it
+    /// expires and none after, the count stays right, and the keys spread over the shards.
     #[test]
-    fn grows_incrementally_and_loses_nothing() {
+    fn finds_every_pair_until_it_expires() {
         let window = 50_000;
         let mut d = DedupeWindow::new(window, 1_000_000);
         let n = 300_000u64;
         for i in 0..n {
-            d.expire(i);
-            assert!(d.get(&key(i)).is_none());
+            assert!(d.lookup(i, &key(i)).is_none());
             d.insert(i, key(i), i);
-            // Spot checks across both tables while they are being moved.
             if i % 997 == 0 {
                 for j in [i.saturating_sub(window), i / 2, i.saturating_sub(1), i] {
                     let want = (i - j <= window).then_some(j);
-                    assert_eq!(d.get(&key(j)).copied(), want, "key {j} at {i}");
+                    assert_eq!(d.lookup(i, &key(j)).copied(), want, "key {j} at {i}");
                 }
             }
         }
-        assert_eq!(d.pairs() as u64, window + 1);
-        for j in n - window - 1..n {
-            assert_eq!(d.get(&key(j)), Some(&j));
-        }
-        assert_eq!(d.get(&key(n - window - 2)), None);
-        assert_eq!(d.rehashed_in_one_insert, 0);
-        assert!(d.previous.is_empty(), "{} left to move", d.previous.len());
+        // Every shard was touched recently, so each holds only its pairs of the last window.
+        let held: usize = d.shards.iter().map(|s| s.map.len()).sum();
+        assert_eq!(held, d.pairs());
+        assert!(
+            d.pairs() as u64 <= window + 1 + SHARDS as u64 * 64,
+            "{}",
+            d.pairs()
+        );
+        let sizes: Vec<usize> = d.shards.iter().map(|s| s.map.len()).collect();
+        let (min, max) = (sizes.iter().min().unwrap(), sizes.iter().max().unwrap());
+        assert!(*min > 100 && *max < 300, "shard sizes {min}..{max}");
+        assert_eq!(d.evicted_early(), 0);
     }
 
-    /// The table a plain map would have rehashed whole at 57k, 115k and 229k pairs.
+    /// Capacity bounds the whole window: no shard holds more than its share.
     #[test]
-    fn no_insert_moves_more_than_a_few_pairs() {
-        let mut d = DedupeWindow::new(u64::MAX, 1_000_000);
-        let mut biggest_move = 0;
-        for i in 0..250_000u64 {
-            let before = d.previous.len();
-            let was_full = d.current.len() == d.current.capacity();
+    fn capacity_bounds_every_shard() {
+        let capacity = 10_000;
+        let mut d = DedupeWindow::new(u64::MAX, capacity);
+        for i in 0..100_000u64 {
             d.insert(i, key(i), ());
-            if !was_full {
-                biggest_move = biggest_move.max(before - d.previous.len());
-            } else {
-                // A growth: the old table moved aside whole, nothing rehashed.
-                assert_eq!(before, 0, "grew with {before} pairs still unmoved");
-                assert!(i < MIN_CAPACITY as u64 || !d.previous.is_empty());
-            }
         }
-        assert_eq!(biggest_move, MOVES_PER_INSERT);
-        assert_eq!(d.rehashed_in_one_insert, 0);
-        assert_eq!(d.pairs(), 250_000);
+        assert!(d.pairs() <= capacity.div_ceil(SHARDS) * SHARDS);
+        assert!(d.pairs() > capacity * 9 / 10, "{}", d.pairs());
+        assert!(d
+            .shards
+            .iter()
+            .all(|s| s.map.len() <= capacity.div_ceil(SHARDS)));
+        assert_eq!(d.evicted_early() as usize, 100_000 - d.pairs());
+        // The newest pair of all is still there.
+        assert!(d.lookup(100_000, &key(99_999)).is_some());
     }
 }

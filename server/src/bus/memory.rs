@@ -222,8 +222,7 @@ impl RoomShard {
 
     fn publish(&mut self, req: PublishRequest, out: &Outbox) {
         let key: Rc<str> = format!("{}\u{0}{}\u{0}{}", req.room, req.from, req.cid).into();
-        self.dedupe.expire(req.ts);
-        if let Some(first) = self.dedupe.get(&key) {
+        if let Some(first) = self.dedupe.lookup(req.ts, &key) {
             // A retry: the same answer as the first time, and no second delivery.
             let ack = reply::ack(&req.cid, &first.room, first.seq, &first.id);
             out.push(

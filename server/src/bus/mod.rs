@@ -2,7 +2,7 @@
 //! recent ones and hands each to every core with members.
 //!
 //! * [`memory`]: standalone mode, every room owned by one core of this process; [`dedupe`] is
-//!   its `cid` window (a table that grows without stalling the core).
+//!   its `cid` window (256 small tables, so that none grows in one long stall).
 //! * [`cluster`] and [`redis`]: cluster mode, every room ordered by Redis (one Lua step for
 //!   seq + recent cache + publish, pub/sub between nodes), then made durable in Kafka.
 //!
