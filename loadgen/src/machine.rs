@@ -27,7 +27,7 @@ pub struct Versions {
 pub struct Commit {
     /// `git rev-parse HEAD`.
     pub hash: Option<String>,
-    /// Tracked files differ from the commit.
+    /// Tracked files outside `results/` differ from the commit.
     pub dirty: bool,
 }
 
@@ -89,8 +89,19 @@ impl Commit {
     pub fn probe() -> Commit {
         Commit {
             hash: output("git", &["rev-parse", "HEAD"]),
-            dirty: output("git", &["status", "--porcelain", "--untracked-files=no"])
-                .is_some_and(|s| !s.is_empty()),
+            // Changes under results/ do not count: a run set writes there while it runs.
+            dirty: output(
+                "git",
+                &[
+                    "status",
+                    "--porcelain",
+                    "--untracked-files=no",
+                    "--",
+                    ":(top)",
+                    ":(top,exclude)results",
+                ],
+            )
+            .is_some_and(|s| !s.is_empty()),
         }
     }
 }
