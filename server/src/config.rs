@@ -68,7 +68,8 @@ pub struct Config {
     #[arg(long, env = "CHAT_DEDUPE_WINDOW", default_value_t = 300)]
     pub dedupe_window: u64,
 
-    /// Most `(from, cid)` pairs remembered per core (oldest forgotten first beyond it).
+    /// Most `(from, cid)` pairs remembered per core (kept in 256 shards of capacity/256 each;
+    /// beyond it a shard forgets its oldest first).
     #[arg(long, env = "CHAT_DEDUPE_CAPACITY", default_value_t = 1_000_000)]
     pub dedupe_capacity: usize,
 
