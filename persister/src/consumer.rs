@@ -153,6 +153,11 @@ impl Partitions {
         }
     }
 
+    /// Owns no partition (a lock, no copy: the polling thread asks on every turn).
+    pub fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+
     pub fn owns(&self, partition: i32) -> bool {
         self.lock().contains_key(&partition)
     }

@@ -57,7 +57,7 @@ impl IdleWatch {
     /// owned nothing for a whole window. When the group is stuck, rejoins it.
     pub fn check(&mut self, consumer: &Kafka, partitions: &Partitions, metrics: &Metrics) {
         let now = Instant::now();
-        if !partitions.snapshot().is_empty() {
+        if !partitions.is_empty() {
             self.since = now;
             self.last = None;
             return;
