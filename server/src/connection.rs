@@ -236,9 +236,9 @@ async fn write_loop(core: CoreRef, io: Rc<ConnIo>, mut writer: impl AsyncWriteRe
     // One batch for the connection's lifetime: its two vectors are refilled, not reallocated,
     // for every `writev`.
     let mut batch = FrameBatch::default();
-    while poll_fn(|cx| io.poll_batch(cx, &mut batch.frames)).await {
+    while let Some(bytes) = poll_fn(|cx| io.poll_batch(cx, &mut batch.frames)).await {
         batch.prepare();
-        let (count, bytes) = (batch.frames.len() as u64, batch.bytes() as u64);
+        let (count, bytes) = (batch.frames.len() as u64, bytes as u64);
         let (res, b) = write_batch(&mut writer, batch).await;
         batch = b;
         if res.is_err() {
@@ -295,10 +295,6 @@ impl FrameBatch {
             iov_len: f.len(),
         }));
         self.first = 0;
-    }
-
-    fn bytes(&self) -> usize {
-        self.frames.iter().map(Bytes::len).sum()
     }
 
     /// Drops the written frames, keeping (bounded) room for the next batch.
@@ -477,16 +473,20 @@ impl ConnIo {
         }
     }
 
-    /// Moves up to [`WRITE_BATCH`] queued frames into `frames` (`true`), or says that the writer
-    /// is done (`false`: the connection is dead, or closed and flushed).
-    fn poll_batch(&self, cx: &mut std::task::Context<'_>, frames: &mut Vec<Bytes>) -> Poll<bool> {
+    /// Moves up to [`WRITE_BATCH`] queued frames into `frames` and gives their total length, or
+    /// says that the writer is done (`None`: the connection is dead, or closed and flushed).
+    fn poll_batch(
+        &self,
+        cx: &mut std::task::Context<'_>,
+        frames: &mut Vec<Bytes>,
+    ) -> Poll<Option<usize>> {
         let mut st = self.state.borrow_mut();
         if st.dead {
-            return Poll::Ready(false);
+            return Poll::Ready(None);
         }
         if st.queue.is_empty() {
             if st.closing_since.is_some() {
-                return Poll::Ready(false);
+                return Poll::Ready(None);
             }
             st.writer = Some(cx.waker().clone());
             return Poll::Pending;
@@ -494,8 +494,9 @@ impl ConnIo {
         let n = st.queue.len().min(WRITE_BATCH);
         let start = frames.len();
         frames.extend(st.queue.drain(..n));
-        st.queued_bytes -= frames[start..].iter().map(Bytes::len).sum::<usize>();
-        Poll::Ready(true)
+        let bytes = frames[start..].iter().map(Bytes::len).sum::<usize>();
+        st.queued_bytes -= bytes;
+        Poll::Ready(Some(bytes))
     }
 
     /// Called once a second: ping a quiet client, close a silent one, cut a stuck close.
