@@ -24,15 +24,8 @@ root=$PWD
 before_bin=$1
 after_bin=$2
 rounds=${3:-5}
-rate=${FG_RATE:-5000}
-rooms=${FG_ROOMS:-100}
-members=${FG_MEMBERS:-10}
-senders=${FG_SENDERS:-$rooms}
-body=${FG_BODY:-100}
-warmup=${FG_WARMUP:-3}
-duration=${FG_DURATION:-15}
-threads=${FG_THREADS:-1}
-port=${FG_PORT:-8097}
+# shellcheck source=flamegraphs/scenario.sh
+. "$root/flamegraphs/scenario.sh"
 loadgen_bin=${FG_LOADGEN_BIN:-$root/target/flamegraphs/release/loadgen}
 out=$root/target/flamegraphs/compare
 for b in "$before_bin" "$after_bin" "$loadgen_bin"; do [ -x "$b" ] || { echo "compare: $b is missing" >&2; exit 1; }; done

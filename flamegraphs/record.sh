@@ -52,15 +52,8 @@ case "$mode" in
 esac
 name=${2:-$mode}
 
-rate=${FG_RATE:-5000}
-rooms=${FG_ROOMS:-100}
-members=${FG_MEMBERS:-10}
-senders=${FG_SENDERS:-$rooms}
-body=${FG_BODY:-100}
-warmup=${FG_WARMUP:-3}
-duration=${FG_DURATION:-15}
-threads=${FG_THREADS:-1}
-port=${FG_PORT:-8097}
+# shellcheck source=flamegraphs/scenario.sh
+. "$root/flamegraphs/scenario.sh"
 freq=${FG_FREQ:-499}
 call_graph=${FG_CALL_GRAPH:-dwarf,16384}
 tools=${CHAT_TOOLS:-${XDG_CACHE_HOME:-$HOME/.cache}/chat-tools}
