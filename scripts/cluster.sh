@@ -18,6 +18,12 @@
 #   node-8082   127.0.0.1:8082    the same
 #   persister   127.0.0.1:9464    target/release/chat-persister (metrics, /healthz), when it exists
 #
+# With CLUSTER_REDIS_REPLICAS=N (N >= 1) the nodes use a Redis Cluster instead: 3 masters with
+# N replicas each on ports CLUSTER_REDIS_CLUSTER_PORT.. (default 7001.., data in
+# .cluster/redis-PORT/, cluster-node-timeout CLUSTER_REDIS_NODE_TIMEOUT ms, default 1500), and
+# the nodes get --redis-replicas N: no seq is shown before the replicas have it, so a failover
+# never gives a seq twice (server/src/bus/replication.rs). Give `status`/`down` the same value.
+#
 # `up` is idempotent: running components are left alone, missing ones are started. Pid files and
 # logs are in .cluster/ (NAME.pid, NAME.log; a node's stdout in node-PORT.out).
 #
@@ -37,6 +43,16 @@ pg_port=5432
 broker_port=${CLUSTER_BROKER_PORT:-9092}
 broker_addr=127.0.0.1:$broker_port
 redis_url=redis://127.0.0.1:$redis_port
+redis_replicas=${CLUSTER_REDIS_REPLICAS:-0}
+redis_cluster_port=${CLUSTER_REDIS_CLUSTER_PORT:-7001}
+redis_cluster_ports=""
+if [ "$redis_replicas" -gt 0 ]; then
+  for i in $(seq 0 $((3 * (1 + redis_replicas) - 1))); do
+    redis_cluster_ports="$redis_cluster_ports $((redis_cluster_port + i))"
+  done
+  redis_url=$(for p in $redis_cluster_ports; do printf 'redis://127.0.0.1:%s,' "$p"; done)
+  redis_url=${redis_url%,}
+fi
 pg_url=postgres://postgres@127.0.0.1:$pg_port/test
 persister_metrics=${CHAT_PERSISTER_METRICS_LISTEN:-127.0.0.1:9464}
 topic=${CLUSTER_TOPIC:-chat.messages}
@@ -68,7 +84,7 @@ fail() { # component message
 # What a component's process is called, to tell ours from a reused pid.
 exe_of() {
   case "$1" in
-    redis) echo redis-server ;;
+    redis | redis-*) echo redis-server ;;
     broker) echo tansu ;;
     node-*) echo chat-server ;;
     persister) echo chat-persister ;;
@@ -96,6 +112,31 @@ listener_of() {
 }
 
 redis_ok() { [ "$(redis-cli -h 127.0.0.1 -p "$redis_port" ping 2>/dev/null)" = PONG ]; }
+port_pong() { [ "$(redis-cli -h 127.0.0.1 -p "$1" ping 2>/dev/null)" = PONG ]; }
+cluster_state_ok() {
+  redis-cli -h 127.0.0.1 -p "$redis_cluster_port" cluster info 2>/dev/null | grep -q '^cluster_state:ok'
+}
+
+# The Redis Cluster of CLUSTER_REDIS_REPLICAS: every node started, then created once.
+redis_cluster_up() {
+  local p addrs=()
+  for p in $redis_cluster_ports; do
+    addrs+=("127.0.0.1:$p")
+    if running "redis-$p"; then continue; fi
+    port_open "$p" && die "port $p is taken ($(listener_of "$p"))"
+    mkdir -p "$state/redis-$p"
+    start "redis-$p" "$state/redis-$p" redis-server --port "$p" --bind 127.0.0.1 \
+      --dir "$root/$state/redis-$p" --cluster-enabled yes --cluster-config-file nodes.conf \
+      --cluster-node-timeout "${CLUSTER_REDIS_NODE_TIMEOUT:-1500}" --appendonly no --save "" --daemonize no
+    wait_for "redis-$p" port_pong "$p"
+  done
+  if ! cluster_state_ok; then
+    redis-cli --cluster create "${addrs[@]}" --cluster-replicas "$redis_replicas" --cluster-yes >"$state/redis-cluster-create.log" 2>&1 ||
+      { cat "$state/redis-cluster-create.log" >&2; die "redis-cli --cluster create failed"; }
+    wait_for "redis-$redis_cluster_port" cluster_state_ok
+  fi
+  say "redis: cluster of 3 masters x $redis_replicas replicas on ports$redis_cluster_ports (state ok)"
+}
 pg_ok() { pg_isready -h 127.0.0.1 -p "$pg_port" -q 2>/dev/null; }
 health_ok() { curl -fsS -m 2 "http://127.0.0.1:$1/healthz" >/dev/null 2>&1; }
 persister_ok() { curl -fsS -m 2 "http://$persister_metrics/healthz" >/dev/null 2>&1; }
@@ -190,7 +231,9 @@ up() {
   mkdir -p "$state"
 
   # Redis
-  if running redis; then
+  if [ "$redis_replicas" -gt 0 ]; then
+    redis_cluster_up
+  elif running redis; then
     say "redis: already running (pid $(pid_of redis), $redis_url)"
   elif redis_ok; then
     rm -f "$state/redis.pid"
@@ -285,6 +328,7 @@ up() {
       continue
     fi
     (cd "$root" && exec setsid "$server_bin" --listen "127.0.0.1:$p" --redis "$redis_url" \
+      --redis-replicas "$redis_replicas" \
       --kafka "$broker_addr" --kafka-topic "$topic" "${node_pg[@]}") \
       >"$state/$name.out" 2>"$state/$name.log" </dev/null 9>&- &
     echo $! >"$state/$name.pid"
@@ -310,9 +354,20 @@ status() {
   row() { printf '%-11s %-8s %-17s %s\n' "$@"; }
   row component pid address health
 
-  if running redis; then who=$(pid_of redis); elif [ -f "$state/redis.reused" ]; then who=shared; else who=-; fi
-  if redis_ok; then health="ok (PING)"; else health=DOWN; bad=1; fi
-  row redis "$who" "127.0.0.1:$redis_port" "$health"
+  if [ "$redis_replicas" -gt 0 ]; then
+    for p in $redis_cluster_ports; do
+      if running "redis-$p"; then who=$(pid_of "redis-$p"); else who=-; fi
+      if port_pong "$p"; then
+        health="ok ($(redis-cli -p "$p" info replication 2>/dev/null | sed -n 's/^role:\(.*\)\r$/\1/p'))"
+      else health=DOWN; bad=1
+      fi
+      row "redis-$p" "$who" "127.0.0.1:$p" "$health"
+    done
+  else
+    if running redis; then who=$(pid_of redis); elif [ -f "$state/redis.reused" ]; then who=shared; else who=-; fi
+    if redis_ok; then health="ok (PING)"; else health=DOWN; bad=1; fi
+    row redis "$who" "127.0.0.1:$redis_port" "$health"
+  fi
 
   if [ -f "$state/postgres.started" ]; then who=ours; else who=shared; fi
   if pg_ok; then health="ok (pg_isready)"; else health=DOWN; bad=1; fi
@@ -356,6 +411,8 @@ down() {
   if [ -f "$state/redis.reused" ]; then say "redis: leaving the shared one running"; fi
   stop redis
   rm -f "$state/redis.reused"
+  local p
+  for p in $redis_cluster_ports; do stop "redis-$p"; done
   if [ -f "$state/postgres.started" ]; then
     local version
     version=$(cat "$state/postgres.started")

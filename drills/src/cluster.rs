@@ -8,7 +8,7 @@ use crate::load::{Finished, Load};
 use crate::pg::{Db, Persisted, SHARED_PG};
 use crate::procs::{Node, Persister};
 use crate::report::Report;
-use chat_testkit::{PrivatePostgres, RedisServer};
+use chat_testkit::{PrivatePostgres, RedisCluster, RedisServer};
 use loadgen::report::AckRecord;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -19,6 +19,9 @@ pub struct Options {
     /// The broker must be tansu on durable storage (the drill stops it); without tansu the
     /// drill is skipped (`SKIPPED:`), or fails with `CHAT_REQUIRE_BROKER=1`.
     pub durable_broker: bool,
+    /// The broker must be tansu on memory storage (the drill restarts it empty); skipped
+    /// without tansu like `durable_broker`.
+    pub memory_broker: bool,
     /// A private PostgreSQL that the drill may stop, instead of a database on the shared one.
     pub private_postgres: bool,
     /// Extra flags for every node.
@@ -28,6 +31,9 @@ pub struct Options {
     /// Extra `redis-server` flags (say `--appendonly no` where the drill never restarts it:
     /// fsyncing every write adds latency spikes).
     pub redis_args: Vec<&'static str>,
+    /// A Redis Cluster of 3 masters with this many replicas each and this
+    /// `cluster-node-timeout` (ms) for the nodes, instead of the single `redis-server`.
+    pub redis_cluster: Option<(usize, u64)>,
 }
 
 impl Options {
@@ -35,11 +41,13 @@ impl Options {
         Options {
             drill,
             durable_broker: false,
+            memory_broker: false,
             private_postgres: false,
             node_args: Vec::new(),
             nodes: 2,
             partitions: 4,
             redis_args: Vec::new(),
+            redis_cluster: None,
         }
     }
 }
@@ -52,6 +60,8 @@ pub struct Cluster {
     pub persister: Persister,
     pub kafka: Kafka,
     pub redis: RedisServer,
+    /// With [`Options::redis_cluster`]: the Redis Cluster the nodes use (then `redis` is idle).
+    pub redis_cluster: Option<RedisCluster>,
     pub db: Db,
     pub pg: Option<PrivatePostgres>,
     pub topic: String,
@@ -80,6 +90,8 @@ impl Cluster {
         std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
         let kafka = if opts.durable_broker {
             Kafka::tansu(true)?
+        } else if opts.memory_broker {
+            Kafka::tansu(false)?
         } else {
             Kafka::start(false)
         };
@@ -87,6 +99,13 @@ impl Cluster {
         let topic = name.clone();
         kafka.create_topic(&topic, opts.partitions);
         let redis = RedisServer::start_with_args(&opts.redis_args);
+        let redis_cluster = opts
+            .redis_cluster
+            .map(|(replicas, timeout)| RedisCluster::start_with_replicas(replicas, timeout));
+        let redis_urls = match &redis_cluster {
+            Some(c) => c.urls().join(","),
+            None => redis.url(),
+        };
         let pg = opts.private_postgres.then(PrivatePostgres::start);
         let admin = pg.as_ref().map_or(SHARED_PG.to_string(), |p| p.url());
         let db = Db::create(&admin, &name).await;
@@ -97,7 +116,7 @@ impl Cluster {
             "--rate-limit",
             "0",
             "--redis",
-            &redis.url(),
+            &redis_urls,
             "--kafka",
             &kafka.addr(),
             "--kafka-topic",
@@ -117,6 +136,7 @@ impl Cluster {
             persister,
             kafka,
             redis,
+            redis_cluster,
             db,
             pg,
             topic,
@@ -157,6 +177,23 @@ impl Cluster {
         report.cluster(self);
         report.standard(&run, &p);
         (run, p)
+    }
+
+    /// The persister's stored next offsets of the drill's topic, (partition, offset) sorted.
+    pub async fn db_offsets(&self) -> Vec<(i32, i64)> {
+        let client = crate::pg::connect(&self.db.url)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        client
+            .query(
+                "SELECT partition, next_offset FROM persister_offsets WHERE topic = $1 ORDER BY partition",
+                &[&self.topic],
+            )
+            .await
+            .expect("persister_offsets")
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect()
     }
 
     /// `ws://ADDR` of every node, for the scenario.

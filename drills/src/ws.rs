@@ -42,8 +42,14 @@ impl Client {
     }
 
     pub async fn send(&mut self, v: Value) -> Result<(), String> {
+        self.send_text(&v.to_string()).await
+    }
+
+    /// One text frame as given (for JSON that `serde_json` would not write, say a lone
+    /// surrogate escape).
+    pub async fn send_text(&mut self, text: &str) -> Result<(), String> {
         self.ws
-            .send(Message::text(v.to_string()))
+            .send(Message::text(text))
             .await
             .map_err(|e| e.to_string())
     }

@@ -112,6 +112,9 @@ pub struct Batch {
     pub dead_letters: Vec<DeadLetter>,
     /// Partition -> offset of the next record to read (last offset in the batch + 1).
     pub offsets: BTreeMap<i32, i64>,
+    /// Partition -> fingerprint of the record at `offsets[p] - 1`, stored beside the offset
+    /// ([`crate::start_offset::fingerprint`]).
+    pub tails: BTreeMap<i32, i64>,
     /// Records taken from Kafka (rows + dead letters + duplicates dropped by [`Batch::finish`]).
     pub records: usize,
     /// Rows dropped by [`Batch::finish`] because the batch held the same (room, seq) already.
@@ -131,6 +134,10 @@ impl Batch {
         self.records += 1;
         let next = self.offsets.entry(partition).or_insert(offset + 1);
         *next = (*next).max(offset + 1);
+        if *next == offset + 1 {
+            self.tails
+                .insert(partition, crate::start_offset::fingerprint(value));
+        }
         match parse(key, value) {
             Ok(row) => self.rows.push(row),
             Err(reason) => self.dead_letters.push(DeadLetter::new(

@@ -1,6 +1,7 @@
 //! Command-line flags, each with an environment fallback (`CHAT_*`), as the server has them.
 
 use crate::copy::CopyMode;
+use crate::start_offset::OutOfRangePolicy;
 use clap::Parser;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -86,6 +87,14 @@ pub struct Config {
     /// always goes through the staging table. Both are exactly once.
     #[arg(long, env = "CHAT_PERSISTER_COPY_MODE", value_enum, default_value_t = CopyMode::Auto)]
     pub copy_mode: CopyMode,
+
+    /// What to do when a partition's stored offset lies outside its log (ahead of the high
+    /// watermark: the topic was recreated or the broker replaced; behind the low watermark:
+    /// retention deleted records before they were persisted). Either case is logged as an
+    /// error and counted. `reread` starts at the low watermark, never skipping a record that
+    /// exists (`(room, seq)` makes re-reading harmless); `stop` exits with status 3.
+    #[arg(long, env = "CHAT_PERSISTER_OFFSET_OUT_OF_RANGE", value_enum, default_value_t = OutOfRangePolicy::Reread)]
+    pub offset_out_of_range: OutOfRangePolicy,
 
     /// Extra librdkafka consumer settings, `key=value`, repeatable (say
     /// `--kafka-option fetch.max.bytes=104857600`).

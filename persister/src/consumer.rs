@@ -39,268 +39,25 @@
 
 use crate::batch::{Batch, Gather};
 use crate::config::Config;
-use crate::copy::{self, Backoff};
 use crate::idle_watch::IdleWatch;
 use crate::metrics::Metrics;
+use crate::position::{self, Context, Kafka, Partitions, WATERMARK_TIMEOUT};
+use crate::start_offset::{Continuity, Seen};
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
+use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::Message;
-use rdkafka::types::RDKafkaRespErr;
-use rdkafka::{ClientContext, Offset, TopicPartitionList};
-use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use rdkafka::{Offset, TopicPartitionList};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
-
-pub type Kafka = BaseConsumer<Context>;
 
 /// Longest single `poll` wait, so that a stop request is seen quickly.
 const POLL_MAX: Duration = Duration::from_millis(100);
 /// Poll wait while a due batch waits for the writer to take it.
 const POLL_WHILE_WAITING: Duration = Duration::from_millis(5);
-/// Longest wait for one partition's watermarks.
-const WATERMARK_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// What this persister knows about each partition it owns (for the lag gauges and for
-/// committing to Kafka only what it owns).
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct PartitionState {
-    /// Next offset to read as stored in PostgreSQL (`None`: nothing stored yet).
-    pub stored: Option<i64>,
-    /// Watermarks at the last fetch.
-    pub low: Option<i64>,
-    pub high: Option<i64>,
-}
-
-impl PartitionState {
-    /// High watermark minus the stored offset (or the low watermark when nothing is stored).
-    pub fn lag(&self) -> Option<i64> {
-        let from = self.stored.or(self.low)?;
-        Some((self.high? - from).max(0))
-    }
-}
-
-/// The partitions this persister owns now.
-pub struct Partitions {
-    topic: String,
-    owned: Mutex<BTreeMap<i32, PartitionState>>,
-    /// Bumped by every assignment change (the polling thread resets its offset checks).
-    generation: AtomicU64,
-}
-
-impl Partitions {
-    pub fn new(topic: &str) -> Partitions {
-        Partitions {
-            topic: topic.to_string(),
-            owned: Mutex::new(BTreeMap::new()),
-            generation: AtomicU64::new(0),
-        }
-    }
-
-    fn generation(&self) -> u64 {
-        self.generation.load(Ordering::Acquire)
-    }
-
-    pub fn topic(&self) -> &str {
-        &self.topic
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<i32, PartitionState>> {
-        self.owned.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    pub fn snapshot(&self) -> Vec<(i32, PartitionState)> {
-        self.lock().iter().map(|(p, s)| (*p, *s)).collect()
-    }
-
-    fn add(&self, partition: i32, stored: Option<i64>) {
-        self.lock().insert(
-            partition,
-            PartitionState {
-                stored,
-                ..Default::default()
-            },
-        );
-        self.generation.fetch_add(1, Ordering::AcqRel);
-    }
-
-    fn remove(&self, partition: i32) {
-        self.lock().remove(&partition);
-        self.generation.fetch_add(1, Ordering::AcqRel);
-    }
-
-    fn clear(&self) {
-        self.lock().clear();
-        self.generation.fetch_add(1, Ordering::AcqRel);
-    }
-
-    /// Records offsets just committed to PostgreSQL (owned partitions only, forward only).
-    pub fn stored(&self, offsets: &BTreeMap<i32, i64>) {
-        let mut owned = self.lock();
-        for (p, next) in offsets {
-            if let Some(s) = owned.get_mut(p) {
-                s.stored = Some(s.stored.map_or(*next, |o| o.max(*next)));
-            }
-        }
-    }
-
-    fn set_watermarks(&self, partition: i32, low: i64, high: i64) {
-        if let Some(s) = self.lock().get_mut(&partition) {
-            s.low = Some(low);
-            s.high = Some(high);
-        }
-    }
-
-    /// Owns no partition (a lock, no copy: the polling thread asks on every turn).
-    pub fn is_empty(&self) -> bool {
-        self.lock().is_empty()
-    }
-
-    pub fn owns(&self, partition: i32) -> bool {
-        self.lock().contains_key(&partition)
-    }
-}
-
-/// The consumer's context: the rebalance callback that positions new partitions from
-/// PostgreSQL.
-pub struct Context {
-    topic: String,
-    pg: tokio_postgres::Config,
-    runtime: tokio::runtime::Handle,
-    partitions: Arc<Partitions>,
-    stop: Arc<AtomicBool>,
-    metrics: Arc<Metrics>,
-    retry_max: Duration,
-}
-
-impl Context {
-    pub fn new(
-        config: &Config,
-        pg: tokio_postgres::Config,
-        runtime: tokio::runtime::Handle,
-        partitions: Arc<Partitions>,
-        stop: Arc<AtomicBool>,
-        metrics: Arc<Metrics>,
-    ) -> Context {
-        Context {
-            topic: config.topic.clone(),
-            pg,
-            runtime,
-            partitions,
-            stop,
-            metrics,
-            retry_max: config.retry_max(),
-        }
-    }
-
-    /// The stored next offsets of `partitions`, retried until PostgreSQL answers. `None` when
-    /// the persister is stopping meanwhile. Blocks the polling thread, on purpose: reading may
-    /// not start before the position is known.
-    pub(crate) fn load_offsets(&self, partitions: &[i32]) -> Option<HashMap<i32, i64>> {
-        let mut backoff = Backoff::new(self.retry_max);
-        loop {
-            let result = self.runtime.block_on(async {
-                let client = copy::connect(&self.pg).await?;
-                copy::stored_offsets(&client, &self.topic, partitions).await
-            });
-            match result {
-                Ok(rows) => return Some(rows.into_iter().collect()),
-                Err(e) => {
-                    self.metrics.inc(&self.metrics.pg_errors);
-                    if self.stop.load(Ordering::Relaxed) {
-                        return None;
-                    }
-                    let pause = backoff.next();
-                    tracing::warn!(error = %copy::chain(&e), retry_in = ?pause, "reading stored offsets for a new assignment failed");
-                    std::thread::sleep(pause);
-                }
-            }
-        }
-    }
-
-    fn assign(&self, consumer: &Kafka, tpl: &mut TopicPartitionList) {
-        let ours: Vec<i32> = tpl
-            .elements_for_topic(&self.topic)
-            .iter()
-            .map(|e| e.partition())
-            .collect();
-        let Some(stored) = self.load_offsets(&ours) else {
-            tracing::warn!("stopping: assignment not taken");
-            return;
-        };
-        for &p in &ours {
-            let offset = stored
-                .get(&p)
-                .map_or(Offset::Beginning, |&o| Offset::Offset(o));
-            if let Err(e) = tpl.set_partition_offset(&self.topic, p, offset) {
-                tracing::error!(partition = p, error = %e, "cannot set the start offset");
-            }
-            self.partitions.add(p, stored.get(&p).copied());
-        }
-        let result = match consumer.rebalance_protocol() {
-            RebalanceProtocol::Cooperative => consumer.incremental_assign(tpl),
-            _ => consumer.assign(tpl),
-        };
-        match result {
-            Ok(()) => {
-                self.metrics.inc(&self.metrics.rebalances);
-                let mut positions: Vec<String> = ours
-                    .iter()
-                    .map(|p| match stored.get(p) {
-                        Some(o) => format!("{p}@{o}"),
-                        None => format!("{p}@beginning"),
-                    })
-                    .collect();
-                positions.sort();
-                tracing::info!(topic = %self.topic, partitions = %positions.join(" "), "assigned; reading from the offsets stored in PostgreSQL");
-            }
-            Err(e) => tracing::error!(error = %e, "assign failed"),
-        }
-    }
-
-    fn revoke(&self, consumer: &Kafka, tpl: &TopicPartitionList) {
-        let result = match consumer.rebalance_protocol() {
-            RebalanceProtocol::Cooperative => {
-                for e in tpl.elements_for_topic(&self.topic) {
-                    self.partitions.remove(e.partition());
-                }
-                consumer.incremental_unassign(tpl)
-            }
-            _ => {
-                self.partitions.clear();
-                consumer.unassign()
-            }
-        };
-        if let Err(e) = result {
-            tracing::warn!(error = %e, "unassign failed");
-        }
-        tracing::info!(partitions = tpl.count(), "partitions revoked");
-    }
-}
-
-impl ClientContext for Context {}
-
-impl ConsumerContext for Context {
-    fn rebalance(&self, consumer: &Kafka, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
-        match err {
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => self.assign(consumer, tpl),
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => self.revoke(consumer, tpl),
-            other => {
-                tracing::error!(error = ?other, "rebalance error; dropping the assignment");
-                self.partitions.clear();
-                let _ = consumer.unassign();
-            }
-        }
-    }
-
-    fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
-        if let Err(e) = result {
-            tracing::debug!(error = %e, "Kafka offset commit (best effort) failed");
-        }
-    }
-}
 
 /// Creates the consumer (not subscribed yet).
 pub fn create(config: &Config, context: Context) -> KafkaResult<Kafka> {
@@ -347,11 +104,17 @@ pub fn run(
 ) {
     let mut errors = ErrorLog::default();
     let mut gaps = ErrorLog::default();
-    // Partition -> the offset the next record should have.
-    let mut expected: HashMap<i32, i64> = HashMap::new();
+    // Per partition: the record the next one must be, and the last one read.
+    let mut continuity = Continuity::default();
     let mut generation = u64::MAX;
+    // Set when every broker was unreachable: on its way back the log may be a new one.
+    let mut recheck_due: Option<Instant> = None;
     while !stop.load(Ordering::Relaxed) {
         idle.check(&consumer, &partitions, &metrics);
+        if recheck_due.is_some_and(|due| Instant::now() >= due) {
+            recheck_due = position::recheck(&consumer, &partitions, &mut continuity, &metrics)
+                .then(|| Instant::now() + Duration::from_millis(500));
+        }
         let now = Instant::now();
         let mut waiting = false;
         if gather.is_full() {
@@ -381,20 +144,32 @@ pub fn run(
                 if partitions.generation() != generation {
                     // A new assignment: each partition starts where PostgreSQL said.
                     generation = partitions.generation();
-                    expected = partitions
-                        .snapshot()
-                        .into_iter()
-                        .filter_map(|(p, s)| Some((p, s.stored?)))
-                        .collect();
+                    continuity.assigned(
+                        partitions
+                            .snapshot()
+                            .into_iter()
+                            .map(|(p, s)| (p, s.start, s.check)),
+                    );
                 }
                 let (partition, offset) = (m.partition(), m.offset());
-                if let Some(&want) = expected.get(&partition) {
-                    if offset > want {
+                match continuity.on_record(partition, offset, m.payload()) {
+                    Seen::Take => {}
+                    Seen::Confirmed => continue,
+                    Seen::Replaced { at } => {
+                        position::replaced(&consumer, &partitions, partition, at, offset, &metrics);
+                        continue;
+                    }
+                    Seen::Gap { want } => {
                         metrics.add(&metrics.skipped_offsets, (offset - want) as u64);
                         gaps.log_gap(partition, want, offset);
                     }
+                    Seen::Backwards { want } => {
+                        // librdkafka reset a running consumer to the earliest offset of a new
+                        // log. Nothing is skipped; say it loudly.
+                        metrics.inc(&metrics.offsets_reset_backwards);
+                        tracing::error!(partition, expected = want, got = offset, "the partition's offsets went backwards: the topic was recreated or the broker replaced; reading the new log from its start");
+                    }
                 }
-                expected.insert(partition, offset + 1);
                 gather.push(
                     m.partition(),
                     m.offset(),
@@ -405,6 +180,9 @@ pub fn run(
             }
             Some(Err(e)) => {
                 metrics.inc(&metrics.kafka_errors);
+                if position::all_brokers_down(&e) && recheck_due.is_none() {
+                    recheck_due = Some(Instant::now() + Duration::from_millis(500));
+                }
                 errors.log(&e);
             }
         }
@@ -513,42 +291,5 @@ pub fn close(consumer: Arc<Kafka>, timeout: Duration) {
     });
     if done_rx.recv_timeout(timeout).is_err() {
         tracing::warn!("the Kafka consumer did not close in time; leaving without it");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn lag_uses_stored_offset_then_low_watermark() {
-        let mut s = PartitionState::default();
-        assert_eq!(s.lag(), None);
-        s.high = Some(100);
-        s.low = Some(10);
-        assert_eq!(s.lag(), Some(90));
-        s.stored = Some(95);
-        assert_eq!(s.lag(), Some(5));
-        s.stored = Some(120);
-        assert_eq!(s.lag(), Some(0));
-    }
-
-    #[test]
-    fn stored_offsets_move_forward_for_owned_partitions() {
-        let p = Partitions::new("t");
-        p.add(0, Some(10));
-        p.stored(&BTreeMap::from([(0, 20), (1, 5)]));
-        p.stored(&BTreeMap::from([(0, 15)]));
-        assert_eq!(
-            p.snapshot(),
-            vec![(
-                0,
-                PartitionState {
-                    stored: Some(20),
-                    ..Default::default()
-                }
-            )]
-        );
-        assert!(!p.owns(1));
     }
 }

@@ -65,11 +65,15 @@ const INSERT_MESSAGES: &str = "INSERT INTO messages (room, seq, id, sender, body
      SELECT room, seq, id, sender, body, sent_at, cid FROM persister_staging \
      ON CONFLICT (room, seq) DO NOTHING";
 
-const UPSERT_OFFSETS: &str = "INSERT INTO persister_offsets (topic, partition, next_offset) \
-     SELECT $1, o.partition, o.next_offset \
-     FROM unnest($2::int4[], $3::int8[]) AS o(partition, next_offset) \
+/// Offsets only move forward; the fingerprint goes with the offset it belongs to.
+const UPSERT_OFFSETS: &str =
+    "INSERT INTO persister_offsets (topic, partition, next_offset, last_hash) \
+     SELECT $1, o.partition, o.next_offset, o.last_hash \
+     FROM unnest($2::int4[], $3::int8[], $4::int8[]) AS o(partition, next_offset, last_hash) \
      ON CONFLICT (topic, partition) DO UPDATE \
      SET next_offset = GREATEST(persister_offsets.next_offset, EXCLUDED.next_offset), \
+         last_hash = CASE WHEN EXCLUDED.next_offset >= persister_offsets.next_offset \
+                     THEN EXCLUDED.last_hash ELSE persister_offsets.last_hash END, \
          updated_at = now()";
 
 /// A `timestamptz` in PostgreSQL's binary form (microseconds since 2000-01-01 UTC), computed
@@ -350,11 +354,26 @@ async fn write_once(
     if !batch.offsets.is_empty() {
         let partitions: Vec<i32> = batch.offsets.keys().copied().collect();
         let offsets: Vec<i64> = batch.offsets.values().copied().collect();
-        tx.execute(&session.upsert_offsets, &[&topic, &partitions, &offsets])
-            .await?;
+        let hashes: Vec<Option<i64>> = partitions
+            .iter()
+            .map(|p| batch.tails.get(p).copied())
+            .collect();
+        tx.execute(
+            &session.upsert_offsets,
+            &[&topic, &partitions, &offsets, &hashes],
+        )
+        .await?;
     }
     tx.commit().await?;
     Ok(written)
+}
+
+/// A partition's stored position: the next offset to read and the fingerprint of the record
+/// before it (`None` for rows stored before fingerprints existed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stored {
+    pub next: i64,
+    pub last_hash: Option<i64>,
 }
 
 /// Reads the stored next offsets of `partitions` of `topic` (absent: nothing stored yet).
@@ -362,16 +381,22 @@ pub async fn stored_offsets(
     client: &Client,
     topic: &str,
     partitions: &[i32],
-) -> Result<Vec<(i32, i64)>, tokio_postgres::Error> {
+) -> Result<Vec<(i32, Stored)>, tokio_postgres::Error> {
     Ok(client
         .query(
-            "SELECT partition, next_offset FROM persister_offsets \
+            "SELECT partition, next_offset, last_hash FROM persister_offsets \
              WHERE topic = $1 AND partition = ANY($2)",
             &[&topic, &partitions],
         )
         .await?
         .iter()
-        .map(|r| (r.get(0), r.get(1)))
+        .map(|r| {
+            let stored = Stored {
+                next: r.get(1),
+                last_hash: r.get(2),
+            };
+            (r.get(0), stored)
+        })
         .collect())
 }
 

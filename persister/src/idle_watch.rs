@@ -17,8 +17,8 @@
 //! timeout) while idle, so a healthy group is never disturbed by it, and a stuck one is
 //! unstuck after two to three windows.
 
-use crate::consumer::{Kafka, Partitions};
 use crate::metrics::Metrics;
+use crate::position::{Kafka, Partitions};
 use rdkafka::consumer::Consumer;
 use std::time::{Duration, Instant};
 
@@ -118,7 +118,13 @@ fn observe(consumer: &Kafka, topic: &str) -> Option<Vec<(i32, i64, i64)>> {
     let mut out = Vec::with_capacity(ids.len());
     for p in ids {
         let (low, high) = consumer.fetch_watermarks(topic, p, KAFKA_TIMEOUT).ok()?;
-        out.push((p, stored.get(&p).copied().unwrap_or(low), high));
+        // A stored offset outside the log (a recreated topic) means the whole log waits: it
+        // must not look like "nothing to do" (crate::start_offset handles it on assignment).
+        let from = match stored.get(&p) {
+            Some(s) if (low..=high).contains(&s.next) => s.next,
+            _ => low,
+        };
+        out.push((p, from, high));
     }
     Some(out)
 }

@@ -1,7 +1,8 @@
 //! `chat-persister`: Kafka topic in, PostgreSQL `messages` out, exactly once in effect.
 //!
 //! The path of a record, file by file: [`consumer`] polls it (on its own thread, positioned by
-//! the offsets stored in PostgreSQL), [`batch`] parses and checks it and gathers it into a
+//! the offsets stored in PostgreSQL, checked against each partition's watermarks by
+//! [`start_offset`]), [`batch`] parses and checks it and gathers it into a
 //! sorted batch (poison records become [`dead_letter`]s), [`copy`] writes the batch in one
 //! transaction (binary COPY into staging, insert what is new, dead letters, offsets), and
 //! [`metrics`] counts it. [`schema`] creates the tables at start.
@@ -9,7 +10,8 @@
 //! Shutdown: SIGTERM or SIGINT stops polling; the batch in flight and the records already
 //! gathered are written and committed, then the process leaves the consumer group and exits 0.
 //! A second signal exits at once with status 1 (nothing committed is lost; what was not
-//! committed is read again by the next start).
+//! committed is read again by the next start). With `--offset-out-of-range stop`, a stored
+//! offset outside its partition's log ends the process with status 3.
 
 mod batch;
 mod config;
@@ -18,13 +20,15 @@ mod copy;
 mod dead_letter;
 mod idle_watch;
 mod metrics;
+mod position;
 mod schema;
+mod start_offset;
 
 use batch::Gather;
 use clap::Parser;
-use consumer::Partitions;
 use idle_watch::IdleWatch;
 use metrics::Metrics;
+use position::Partitions;
 use rdkafka::consumer::Consumer;
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -107,7 +111,7 @@ async fn run(config: config::Config) -> i32 {
         }
     }
 
-    let context = consumer::Context::new(
+    let context = position::Context::new(
         &config,
         pg,
         tokio::runtime::Handle::current(),
@@ -198,6 +202,9 @@ async fn run(config: config::Config) -> i32 {
         "every batch committed; leaving the consumer group"
     );
     let _ = tokio::task::spawn_blocking(move || consumer::close(kafka, CLOSE_TIMEOUT)).await;
+    if start_offset::REFUSED.load(std::sync::atomic::Ordering::Relaxed) {
+        return start_offset::REFUSED_EXIT;
+    }
     0
 }
 

@@ -5,7 +5,7 @@
 //! per second), is it healthy (PostgreSQL errors, COPY latency), is data being refused (dead
 //! letters). Updates happen once per record or batch, on relaxed atomics; a scrape reads them.
 
-use crate::consumer::Partitions;
+use crate::position::Partitions;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -91,6 +91,14 @@ pub struct Metrics {
     pub group_rejoins: AtomicU64,
     /// Offsets that were never delivered (see [`crate::consumer::run`]).
     pub skipped_offsets: AtomicU64,
+    /// Assigned partitions whose stored offset was past the high watermark (a recreated topic)
+    /// or before the low one (see [`crate::start_offset`]); and records whose offset went
+    /// backwards while reading (the log was replaced under a running consumer).
+    pub offsets_ahead: AtomicU64,
+    pub offsets_behind: AtomicU64,
+    pub offsets_reset_backwards: AtomicU64,
+    /// Partitions whose log turned out to be another one than the stored offset's.
+    pub offsets_replaced: AtomicU64,
     /// Direct COPYs that met a duplicate and went through the staging table instead.
     pub copy_fallbacks: AtomicU64,
     pub batch_records: Histogram,
@@ -112,6 +120,10 @@ impl Default for Metrics {
             rebalances: AtomicU64::new(0),
             group_rejoins: AtomicU64::new(0),
             skipped_offsets: AtomicU64::new(0),
+            offsets_ahead: AtomicU64::new(0),
+            offsets_behind: AtomicU64::new(0),
+            offsets_reset_backwards: AtomicU64::new(0),
+            offsets_replaced: AtomicU64::new(0),
             copy_fallbacks: AtomicU64::new(0),
             batch_records: Histogram::new(BATCH_SIZE_BOUNDS),
             copy_seconds: Histogram::new(SECONDS_BOUNDS),
@@ -199,6 +211,19 @@ impl Metrics {
             "chat_persister_skipped_offsets_total",
             "Offsets never delivered: deleted by retention before they were persisted (data lost upstream), or transaction markers.",
             &self.skipped_offsets,
+        );
+        let _ = writeln!(
+            out,
+            "# HELP chat_persister_offsets_out_of_range_total Assigned partitions whose stored offset lay outside the log (ahead: past the high watermark, a recreated topic or replaced broker; behind: before the low watermark, records deleted unpersisted), records whose offset went backwards while reading (reset), and partitions whose record before the stored offset was another one than the one persisted (replaced).\n\
+             # TYPE chat_persister_offsets_out_of_range_total counter\n\
+             chat_persister_offsets_out_of_range_total{{case=\"ahead\"}} {}\n\
+             chat_persister_offsets_out_of_range_total{{case=\"behind\"}} {}\n\
+             chat_persister_offsets_out_of_range_total{{case=\"reset\"}} {}\n\
+             chat_persister_offsets_out_of_range_total{{case=\"replaced\"}} {}",
+            self.offsets_ahead.load(Relaxed),
+            self.offsets_behind.load(Relaxed),
+            self.offsets_reset_backwards.load(Relaxed),
+            self.offsets_replaced.load(Relaxed),
         );
         counter(
             &mut out,

@@ -13,7 +13,10 @@
 //!   (when the row landed, for measuring the pipeline's delay).
 //! * `persister_offsets`: per (topic, partition) the offset of the next record to read. It is
 //!   written in the same transaction as the rows, and consumption resumes from it: it is the
-//!   source of truth, Kafka's committed offsets are only a copy for monitoring tools.
+//!   source of truth, Kafka's committed offsets are only a copy for monitoring tools. With it,
+//!   `last_hash`: a fingerprint of the record just before that offset, so that a new log under
+//!   the same name (a recreated topic) is told apart from the one the offset was stored for
+//!   (see [`crate::start_offset`]).
 //! * `persister_dead_letters`: records that cannot become rows (see [`crate::dead_letter`]).
 
 use tokio_postgres::{Client, Error, GenericClient};
@@ -22,10 +25,11 @@ use tokio_postgres::{Client, Error, GenericClient};
 const LOCK_KEY: i64 = 0x6368_6174_7065_7273;
 
 /// (version, name, SQL). Append only: a released migration is never edited.
-const MIGRATIONS: &[(i32, &str, &str)] = &[(
-    1,
-    "messages, offsets, dead letters",
-    r#"
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (
+        1,
+        "messages, offsets, dead letters",
+        r#"
 CREATE TABLE IF NOT EXISTS messages (
   room    text        NOT NULL,
   seq     bigint      NOT NULL,
@@ -58,7 +62,15 @@ CREATE TABLE IF NOT EXISTS persister_dead_letters (
   PRIMARY KEY (topic, partition, "offset")
 );
 "#,
-)];
+    ),
+    (
+        2,
+        "the fingerprint of the last stored record per partition",
+        r#"
+ALTER TABLE persister_offsets ADD COLUMN IF NOT EXISTS last_hash bigint;
+"#,
+    ),
+];
 
 /// The columns PROTOCOL.md fixes: name, type as `format_type` prints it.
 const PROTOCOL_COLUMNS: &[(&str, &str)] = &[

@@ -78,6 +78,19 @@ pub struct Config {
     #[arg(long, env = "CHAT_REDIS_URL", value_delimiter = ',')]
     pub redis: Vec<String>,
 
+    /// Replicas every Redis write must reach (`WAIT`) before its message is published, produced
+    /// to Kafka and acked, and before a read (join, history, resume, gap fill) is answered. Set
+    /// it to the replicas per master of a Redis with replicas: then a failover that promotes a
+    /// replica never loses a seq anyone saw, so no seq is ever given twice (see
+    /// server/src/bus/replication.rs). 0 (default): no replicas are waited for.
+    #[arg(long, env = "CHAT_REDIS_REPLICAS", default_value_t = 0)]
+    pub redis_replicas: u32,
+
+    /// How long one `WAIT` for `--redis-replicas` may take, ms; past it the writes count as
+    /// not replicated and their senders get `unavailable` (they retry with the same `cid`).
+    #[arg(long, env = "CHAT_REDIS_WAIT_MS", default_value_t = 1_000)]
+    pub redis_wait_ms: u64,
+
     /// Kafka bootstrap servers (`host:port,...`): every message is produced there before its
     /// sender gets `ack`. Needs `--redis`.
     #[arg(long, env = "CHAT_KAFKA_BROKERS")]

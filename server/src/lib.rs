@@ -10,4 +10,5 @@ pub mod bus {
     pub mod dedupe;
     pub mod memory;
     pub mod redis;
+    pub mod replication;
 }

@@ -149,6 +149,8 @@ fn cluster_config(config: &config::Config) -> Option<bus::cluster::ClusterConfig
         history_len: config.history_len,
         dedupe_ttl_secs: config.dedupe_window,
         postgres: config.postgres.clone(),
+        replicas: config.redis_replicas,
+        wait_ms: config.redis_wait_ms,
     })
 }
 

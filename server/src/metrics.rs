@@ -58,6 +58,10 @@ pub struct BusCounters {
     pub redis_messages: AtomicU64,
     pub redis_retries: AtomicU64,
     pub redis_disconnects: AtomicU64,
+    /// Redis round trips whose writes the replicas did not confirm in time (`--redis-replicas`),
+    /// and changes of the Redis Cluster's slot-to-master map seen (failovers, resharding).
+    pub redis_unreplicated: AtomicU64,
+    pub redis_topology_changes: AtomicU64,
     pub pubsub_messages: AtomicU64,
     /// Gaps found in a room's stream, messages filled from the cache, and gaps the cache could
     /// not fill.
@@ -196,7 +200,7 @@ impl Metrics {
             }
         }
         let b = &self.bus;
-        let bus: [(&str, &str, &AtomicU64); 11] = [
+        let bus: [(&str, &str, &AtomicU64); 13] = [
             (
                 "chat_redis_round_trips_total",
                 "Pipelined round trips of the publish step.",
@@ -216,6 +220,16 @@ impl Metrics {
                 "chat_redis_disconnects_total",
                 "Redis links lost.",
                 &b.redis_disconnects,
+            ),
+            (
+                "chat_redis_unreplicated_total",
+                "Redis round trips the replicas did not confirm in time (--redis-replicas); retried, then unavailable.",
+                &b.redis_unreplicated,
+            ),
+            (
+                "chat_redis_topology_changes_total",
+                "Changes of the Redis Cluster slot-to-master map seen (failover, resharding): every channel re-subscribed, gaps filled.",
+                &b.redis_topology_changes,
             ),
             (
                 "chat_pubsub_messages_total",

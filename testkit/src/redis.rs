@@ -1,4 +1,4 @@
-//! A private `redis-server` and a three-master Redis Cluster, each on free loopback ports in a
+//! A private `redis-server` and a three-master Redis Cluster (with or without replicas), each on free loopback ports in a
 //! temporary directory: tests may stop, kill, restart or wipe them (never the shared 6379).
 
 use crate::process::*;
@@ -214,15 +214,24 @@ impl Drop for RedisServer {
     }
 }
 
-/// A Redis Cluster of three masters without replicas (slots split evenly by
-/// `redis-cli --cluster create`), each a [`RedisServer`] with cluster mode on.
+/// A Redis Cluster of three masters (slots split evenly by `redis-cli --cluster create`),
+/// without replicas or with some per master, each a [`RedisServer`] with cluster mode on.
 pub struct RedisCluster {
     nodes: Vec<RedisServer>,
 }
 
 impl RedisCluster {
+    /// Three masters, no replicas.
     pub fn start() -> RedisCluster {
-        let nodes: Vec<RedisServer> = (0..3)
+        RedisCluster::start_with_replicas(0, 5000)
+    }
+
+    /// Three masters with `replicas` replicas each (`redis-cli --cluster create
+    /// --cluster-replicas`), and `--cluster-node-timeout node_timeout_ms`: a master is failed
+    /// over about that long after it stops answering.
+    pub fn start_with_replicas(replicas: usize, node_timeout_ms: u64) -> RedisCluster {
+        let timeout = node_timeout_ms.to_string();
+        let nodes: Vec<RedisServer> = (0..3 * (1 + replicas))
             .map(|_| {
                 RedisServer::start_on_free_port(
                     "redis-cluster",
@@ -232,7 +241,11 @@ impl RedisCluster {
                         "--cluster-config-file",
                         "nodes.conf",
                         "--cluster-node-timeout",
-                        "5000",
+                        &timeout,
+                        // With replicas, they are the copy: a failover never reads this file,
+                        // and fsyncing every write only slows the drills down.
+                        "--appendonly",
+                        if replicas > 0 { "no" } else { "yes" },
                     ],
                     &[CLUSTER_BUS_OFFSET],
                 )
@@ -245,7 +258,7 @@ impl RedisCluster {
             .arg("--cluster")
             .arg("create")
             .args(&addrs)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .stdin(Stdio::null())
             .output()
             .expect("run redis-cli --cluster create");
@@ -257,7 +270,81 @@ impl RedisCluster {
             String::from_utf8_lossy(&out.stderr)
         );
         cluster.wait_ok(START_TIMEOUT);
+        if replicas > 0 {
+            cluster.wait_replicas(replicas, START_TIMEOUT);
+        }
         cluster
+    }
+
+    /// Waits until every master has `replicas` replicas online (`INFO replication` of each
+    /// replica: `master_link_status:up`, counted per master).
+    pub fn wait_replicas(&self, replicas: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let masters: Vec<usize> = (0..self.nodes.len())
+                .filter(|&i| redis_pong(self.nodes[i].port))
+                .filter(|&i| self.replication_field(i, "role").as_deref() == Some("master"))
+                .collect();
+            let ready = masters.iter().all(|&m| {
+                self.replicas_of(m)
+                    .iter()
+                    .filter(|&&r| {
+                        self.replication_field(r, "master_link_status").as_deref() == Some("up")
+                    })
+                    .count()
+                    >= replicas
+            });
+            if ready && !masters.is_empty() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "Redis Cluster replicas not in sync within {timeout:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The index of the node that is master of `slot` now (asked of a running node).
+    pub fn master_of(&self, slot: u16) -> Option<usize> {
+        let asker = (0..self.nodes.len()).find(|&i| redis_pong(self.nodes[i].port))?;
+        let shards = self.nodes[asker].cli(&["cluster", "slots"]);
+        // redis-cli prints CLUSTER SLOTS flat: start, end, master ip, port, id, replicas...
+        let lines: Vec<&str> = shards.lines().map(str::trim).collect();
+        let mut i = 0;
+        while i + 4 < lines.len() {
+            if let (Ok(start), Ok(end)) = (lines[i].parse::<u16>(), lines[i + 1].parse::<u16>()) {
+                if (start..=end).contains(&slot) {
+                    let port: u16 = lines[i + 3].parse().ok()?;
+                    return self.nodes.iter().position(|n| n.port() == port);
+                }
+            }
+            i += 1;
+        }
+        None
+    }
+
+    /// The indexes of the replicas of node `master` (by `INFO replication` of each node).
+    pub fn replicas_of(&self, master: usize) -> Vec<usize> {
+        let port = self.nodes[master].port();
+        (0..self.nodes.len())
+            .filter(|&i| {
+                i != master
+                    && redis_pong(self.nodes[i].port)
+                    && self.nodes[i]
+                        .cli(&["info", "replication"])
+                        .lines()
+                        .any(|l| l.trim() == format!("master_port:{port}"))
+            })
+            .collect()
+    }
+
+    /// A field of `INFO replication` of node `i` (say `master_repl_offset`, `role`).
+    pub fn replication_field(&self, i: usize, field: &str) -> Option<String> {
+        let info = self.nodes[i].cli(&["info", "replication"]);
+        info.lines()
+            .find_map(|l| l.trim().strip_prefix(&format!("{field}:")))
+            .map(str::to_string)
     }
 
     /// Waits until every running node reports `cluster_state:ok`.
@@ -267,6 +354,7 @@ impl RedisCluster {
             let states: Vec<String> = self
                 .nodes
                 .iter()
+                .filter(|n| redis_pong(n.port))
                 .map(|n| {
                     let info = n.cli(&["cluster", "info"]);
                     let state = info

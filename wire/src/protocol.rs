@@ -257,6 +257,7 @@ impl<'a> Fields<'_, 'a> {
                 format!("`cid` must be 1-{MAX_CID_BYTES} bytes"),
             ));
         }
+        storable("cid", cid).map_err(|m| self.err(ErrorCode::BadRequest, m))?;
         Ok(cid)
     }
 
@@ -265,6 +266,7 @@ impl<'a> Fields<'_, 'a> {
         if body.len() > max {
             return Err(self.err(ErrorCode::TooLarge, format!("`body` is over {max} bytes")));
         }
+        storable("body", body).map_err(|m| self.err(ErrorCode::BadRequest, m))?;
         Ok(body)
     }
 
@@ -280,6 +282,21 @@ impl<'a> Fields<'_, 'a> {
             }),
         }
     }
+}
+
+/// Refuses text that PostgreSQL's `text` type cannot hold as given: U+0000. Everything the
+/// server acks must reach `messages` unchanged (PROTOCOL.md guarantee 1), so a `body` or `cid`
+/// with a NUL is `bad_request` here instead of a dead letter in the persister. (Room names and
+/// user ids refuse every control character already; lone surrogates in `\u` escapes are
+/// refused by the JSON parser, so every `&str` that gets here is valid UTF-8.)
+fn storable(field: &str, s: &str) -> Result<(), String> {
+    // `contains` on bytes is a memchr scan.
+    if s.as_bytes().contains(&0) {
+        return Err(format!(
+            "`{field}` contains U+0000, which PostgreSQL text cannot store"
+        ));
+    }
+    Ok(())
 }
 
 /// Room names: 1-128 characters, no whitespace and no control characters.
@@ -663,6 +680,43 @@ mod tests {
             ),
             (
                 r#"{"type":"resume","room":"a"}"#,
+                ErrorCode::BadRequest,
+                None,
+            ),
+            // What PostgreSQL `text` cannot hold is refused, never acked then dead-lettered.
+            (
+                r#"{"type":"send","room":"a","cid":"x","body":"a\u0000b"}"#,
+                ErrorCode::BadRequest,
+                Some("x"),
+            ),
+            (
+                r#"{"type":"dm","to":"bob","cid":"x","body":"\u0000"}"#,
+                ErrorCode::BadRequest,
+                Some("x"),
+            ),
+            (
+                r#"{"type":"send","room":"a","cid":"x\u0000","body":"b"}"#,
+                ErrorCode::BadRequest,
+                Some("x\u{0}"),
+            ),
+            (
+                r#"{"type":"join","room":"a\u0000"}"#,
+                ErrorCode::BadRequest,
+                None,
+            ),
+            // Lone surrogates are not text at all.
+            (
+                r#"{"type":"send","room":"a","cid":"x","body":"\ud800"}"#,
+                ErrorCode::BadRequest,
+                None,
+            ),
+            (
+                r#"{"type":"send","room":"a","cid":"x","body":"\udc00x"}"#,
+                ErrorCode::BadRequest,
+                None,
+            ),
+            (
+                r#"{"type":"send","room":"a\ud800","cid":"x","body":"b"}"#,
                 ErrorCode::BadRequest,
                 None,
             ),

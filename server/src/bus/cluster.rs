@@ -22,6 +22,7 @@
 
 use super::memory::{CoreSet, FetchKind, PublishRequest};
 use super::redis::{self as keys, RedisConn, PUBLISH_LUA, READ_AFTER_LUA};
+use super::replication;
 use crate::fanout::{Channel, CoreId, CoreMsg, Name, Reply, ReplyTo};
 use crate::log::kafka::{Delivery, KafkaConfig, KafkaLog};
 use crate::metrics::{add, inc};
@@ -39,6 +40,8 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
+
+mod topology;
 
 /// Most messages one `resume` reads from PostgreSQL (the newest of the missing range); beyond
 /// it the reply says `complete: false`.
@@ -71,6 +74,10 @@ pub struct ClusterConfig {
     /// PostgreSQL (written by the persister): history and resume past the cache, and the seq
     /// floor of rooms Redis no longer knows.
     pub postgres: Option<String>,
+    /// Replicas each write must reach before anything of it is shown (`--redis-replicas`).
+    pub replicas: u32,
+    /// Longest `WAIT` for them, ms.
+    pub wait_ms: u64,
 }
 
 /// Connects to Redis (and Kafka), then runs the bus on a thread of its own. Fails when Redis
@@ -133,6 +140,8 @@ struct State {
     next_id: u64,
     /// Set when the link dropped: rooms must be compared with Redis once it answers again.
     resync_pending: bool,
+    /// The last seq of each direct-message room passed on to each connected user here.
+    dm_last: AHashMap<(Name, Name), u64>,
 }
 
 impl RoomTrack {
@@ -151,6 +160,35 @@ impl RoomTrack {
 }
 
 impl State {
+    /// Queues one direct message for every core where `user` is connected, unless it was
+    /// passed on already (a gap fill after a failover may overtake the live copy).
+    fn hand_out_dm(
+        &mut self,
+        user: &str,
+        room: &Name,
+        seq: u64,
+        frame: &Bytes,
+        out: &mut [Vec<CoreMsg>],
+    ) {
+        let Some(set) = self.users.get(user) else {
+            return;
+        };
+        let last = self.dm_last.entry((room.clone(), user.into())).or_insert(0);
+        if seq <= *last {
+            return;
+        }
+        *last = seq;
+        let user: Name = user.into();
+        for core in set.iter() {
+            out[core].push(CoreMsg::Deliver {
+                channel: Channel::User(user.clone()),
+                room: room.clone(),
+                seq,
+                frame: frame.clone(),
+            });
+        }
+    }
+
     fn saw(&mut self, room: &Name, seq: u64) {
         let high = self.high_seq.entry(room.clone()).or_insert(0);
         *high = (*high).max(seq);
@@ -259,6 +297,9 @@ impl BusExt for Rc<Bus> {
             .collect();
         let pushes = self.pushes.borrow_mut().take().expect("push receiver");
         tokio::task::spawn_local(self.clone().receive(pushes));
+        if self.redis.is_cluster() {
+            tokio::task::spawn_local(self.clone().watch_topology());
+        }
         loop {
             let batch = self.node.mailboxes[bus_index].recv().await;
             let mut per_core: Vec<Vec<PublishRequest>> =
@@ -331,7 +372,14 @@ impl Bus {
         self.reply(to, Reply::Failed { room, error });
     }
 
-    /// Runs commands, retrying while Redis is unreachable (up to ~10 s).
+    /// `(replicas, WAIT timeout)` with `--redis-replicas` ([`super::replication`]).
+    fn confirm(&self) -> Option<(u32, u64)> {
+        (self.cfg.replicas > 0).then_some((self.cfg.replicas, self.cfg.wait_ms))
+    }
+
+    /// Runs commands, retrying while Redis is unreachable (up to ~5 s); with `--redis-replicas`
+    /// also while the replicas do not confirm them (after the budget, the unconfirmed answers
+    /// are [`replication::not_replicated`] errors).
     async fn run_retrying(
         &self,
         cmds: &[(u16, redis::Cmd)],
@@ -340,8 +388,19 @@ impl Bus {
         let mut wait = Duration::from_millis(20);
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let err = match tokio::time::timeout(left, self.redis.run(cmds)).await {
-                Ok(Ok(r)) => return Ok(r),
+            let run = self.redis.run_with(cmds, self.confirm());
+            let err = match tokio::time::timeout(left, run).await {
+                Ok(Ok(r)) if !r.iter().any(unreplicated) => return Ok(r),
+                Ok(Ok(r)) => {
+                    inc(&self.node.metrics.bus.redis_unreplicated);
+                    if tokio::time::Instant::now() + wait >= deadline {
+                        return Ok(r);
+                    }
+                    tracing::warn!("Redis replicas did not confirm in time; retrying");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_millis(500));
+                    continue;
+                }
                 Ok(Err(e)) if !retryable(&e) => return Err(e),
                 Ok(Err(e)) => e,
                 Err(_) => {
@@ -523,6 +582,7 @@ impl Bus {
         add(&metrics.redis_messages, requests.len() as u64);
 
         let mut accepted = Vec::with_capacity(requests.len());
+        let mut publishes = Vec::new();
         let mut deliveries = Vec::new();
         let mut immediate = Vec::new();
         for ((req, id), answer) in requests.into_iter().zip(ids).zip(answers) {
@@ -548,6 +608,10 @@ impl Bus {
                 s => (s, id),
             };
             self.state.borrow_mut().saw(&req.room, seq);
+            if self.cfg.replicas > 0 {
+                // Confirmed by the replicas: now it may be shown.
+                publishes.extend(self.publish_cmds(&req, &msg));
+            }
             if let Some(k) = &self.kafka {
                 deliveries.push(k.produce(&req.room, &msg));
             }
@@ -560,6 +624,12 @@ impl Bus {
             });
         }
         self.send(core, immediate);
+        if !publishes.is_empty() {
+            // Live delivery only; a lost publish is filled from the cache by the receivers.
+            if let Err(e) = self.redis.run(&publishes).await {
+                tracing::warn!(error = %e, "publishing confirmed messages failed; receivers fill the gap");
+            }
+        }
         match &self.kafka {
             None => {
                 let acks = accepted.iter().map(ack_msg).collect();
@@ -609,6 +679,27 @@ impl Bus {
     }
 }
 
+impl Bus {
+    /// The publishes the Lua step leaves to the node with `--redis-replicas`.
+    fn publish_cmds(&self, req: &PublishRequest, msg: &[u8]) -> Vec<(u16, redis::Cmd)> {
+        let channels = match &req.dm {
+            None => vec![(keys::room_channel(&req.room), self.redis.is_cluster())],
+            Some((a, b)) => vec![
+                (keys::user_channel(a), false),
+                (keys::user_channel(b), false),
+            ],
+        };
+        channels
+            .into_iter()
+            .map(|(channel, sharded)| {
+                let mut cmd = redis::cmd(if sharded { "SPUBLISH" } else { "PUBLISH" });
+                cmd.arg(&channel).arg(msg);
+                (keys::key_slot(&channel), cmd)
+            })
+            .collect()
+    }
+}
+
 /// An `unavailable` error for one send: the sender retries with the same `cid`.
 fn unavailable(to: ReplyTo, cid: &str, message: impl Into<String>) -> CoreMsg {
     let e = RequestError::new(ErrorCode::Unavailable, message).with_cid(Some(cid));
@@ -635,6 +726,10 @@ fn evalsha(sha: &str, keys: &[String], args: &[Vec<u8>]) -> redis::Cmd {
         cmd.arg(&a[..]);
     }
     cmd
+}
+
+fn unreplicated(answer: &RedisResult<Value>) -> bool {
+    matches!(answer, Err(e) if replication::is_not_replicated(e))
 }
 
 fn is_missing_seq(answer: &RedisResult<Value>) -> bool {
@@ -674,10 +769,10 @@ fn publish_cmd(
         floor.to_string().into_bytes(),
         cfg.history_len.max(1).to_string().into_bytes(),
         cfg.dedupe_ttl_secs.max(1).to_string().into_bytes(),
-        if cluster {
-            b"s".to_vec()
-        } else {
-            b"p".to_vec()
+        match (cfg.replicas > 0, cluster) {
+            (true, _) => b"n".to_vec(),
+            (false, true) => b"s".to_vec(),
+            (false, false) => b"p".to_vec(),
         },
     ];
     match &req.dm {
@@ -957,6 +1052,7 @@ impl Bus {
                     let empty = set.is_empty();
                     if empty {
                         st.users.remove(user);
+                        st.dm_last.retain(|(_, u), _| u != user);
                     }
                     empty
                 }
@@ -1061,19 +1157,9 @@ impl Bus {
                 self.state.borrow_mut().saw(&room, seq);
                 let frame = encode_frame(OpCode::Text, &payload);
                 if let Some(user) = keys::user_of_channel(&channel) {
-                    let st = self.state.borrow();
-                    if let Some(set) = st.users.get(user) {
-                        let user: Name = user.into();
-                        for core in set.iter() {
-                            let channel = Channel::User(user.clone());
-                            out[core].push(CoreMsg::Deliver {
-                                channel,
-                                room: room.clone(),
-                                seq,
-                                frame: frame.clone(),
-                            });
-                        }
-                    }
+                    self.state
+                        .borrow_mut()
+                        .hand_out_dm(user, &room, seq, &frame, out);
                 } else if keys::room_of_channel(&channel).is_some() {
                     self.on_room_message(room, seq, frame, out);
                 }
@@ -1188,8 +1274,8 @@ impl Bus {
                     (keys::key_slot(&keys::seq_key(r)), c)
                 })
                 .collect();
-            match self.redis.run(&cmds).await {
-                Ok(answers) => {
+            match self.redis.run_with(&cmds, self.confirm()).await {
+                Ok(answers) if !answers.iter().any(unreplicated) => {
                     self.state.borrow_mut().resync_pending = false;
                     for ((room, last), answer) in rooms.into_iter().zip(answers) {
                         let latest = answer.map(|v| value_u64(&v)).unwrap_or(0);
@@ -1209,6 +1295,10 @@ impl Bus {
                     }
                     tracing::info!("Redis link back; rooms compared");
                     return;
+                }
+                Ok(_) => {
+                    tracing::debug!("Redis replicas did not confirm the resync reads yet");
+                    wait = (wait * 2).min(Duration::from_secs(2));
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, "Redis still unreachable");

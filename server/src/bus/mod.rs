@@ -12,3 +12,4 @@ pub mod cluster;
 pub mod dedupe;
 pub mod memory;
 pub mod redis;
+pub mod replication;

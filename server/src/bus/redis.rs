@@ -11,6 +11,7 @@
 //! | `chat:{R}:c:<from>:<cid>` | the first `msg` JSON sent with this `(from, cid)`, for the dedupe window |
 //! | `chat:{R}:ch` | the room's channel (sharded pub/sub on a cluster) |
 //! | `chat:u:{U}` | user U's channel: direct messages (plain pub/sub, which a cluster broadcasts) |
+//! | `chat:{T}:fence` | with `--redis-replicas`: a write that follows a read, so that `WAIT` covers what the read saw (`T`: a tag of the read's slot, [`super::replication`]) |
 //!
 //! Connections come from `redis-rs` with RESP3: its `ConnectionManager` (single server) and
 //! `ClusterConnection` reconnect with backoff and resubscribe by themselves; pushes (messages
@@ -28,8 +29,10 @@ use tokio::sync::mpsc::UnboundedReceiver;
 /// highest seq this node has seen in the room, used when the seq key is missing, e.g. after
 /// Redis lost its data, so that seqs continue instead of starting again at 1; `-1` asks the
 /// script to answer `{-1, ''}` instead, so that the node can find the floor in PostgreSQL),
-/// cache length, dedupe TTL (s), `s` for sharded publish, room channel (empty for a
-/// direct message), then user channels. Returns `{seq, msg}`, or `{0, first msg}` for a retry.
+/// cache length, dedupe TTL (s), how to publish (`s` sharded, `p` plain, `n` not at all: with
+/// `--redis-replicas` the node publishes once the replicas have the write, see
+/// [`super::replication`]), room channel (empty for a direct message), then user channels.
+/// Returns `{seq, msg}`, or `{0, first msg}` for a retry.
 pub const PUBLISH_LUA: &str = r#"
 local first = redis.call('GET', KEYS[3])
 if first then return {0, first} end
@@ -44,10 +47,12 @@ end
 local msg = ARGV[1] .. seq .. ARGV[2]
 redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[4], seq .. '-0', 'm', msg)
 redis.call('SET', KEYS[3], msg, 'EX', ARGV[5])
-if ARGV[7] ~= '' then
-  if ARGV[6] == 's' then redis.call('SPUBLISH', ARGV[7], msg) else redis.call('PUBLISH', ARGV[7], msg) end
+if ARGV[6] ~= 'n' then
+  if ARGV[7] ~= '' then
+    if ARGV[6] == 's' then redis.call('SPUBLISH', ARGV[7], msg) else redis.call('PUBLISH', ARGV[7], msg) end
+  end
+  for i = 8, #ARGV do redis.call('PUBLISH', ARGV[i], msg) end
 end
-for i = 8, #ARGV do redis.call('PUBLISH', ARGV[i], msg) end
 return {seq, msg}
 "#;
 
@@ -167,6 +172,17 @@ impl RedisConn {
     /// Runs commands as one pipeline (single server) or one pipeline per slot, sent together
     /// (cluster); results in command order, each its own `Ok`/`Err`.
     pub async fn run(&self, cmds: &[(u16, Cmd)]) -> RedisResult<Vec<RedisResult<Value>>> {
+        self.run_with(cmds, None).await
+    }
+
+    /// [`RedisConn::run`]; with `confirm` = (replicas, timeout ms) each pipeline ends with a
+    /// fence write and `WAIT`, and a command whose pipeline the replicas did not confirm in
+    /// time answers an error ([`super::replication::not_replicated`]) instead of its result.
+    pub async fn run_with(
+        &self,
+        cmds: &[(u16, Cmd)],
+        confirm: Option<(u32, u64)>,
+    ) -> RedisResult<Vec<RedisResult<Value>>> {
         match self {
             RedisConn::Single(c) => {
                 let mut pipe = redis::pipe();
@@ -174,8 +190,11 @@ impl RedisConn {
                 for (_, cmd) in cmds {
                     pipe.add_command(cmd.clone());
                 }
+                let slot = cmds.first().map_or(0, |(s, _)| *s);
+                super::replication::add_wait(&mut pipe, slot, confirm);
                 let mut c = c.clone();
-                pipe.query_async(&mut c).await
+                let answers = pipe.query_async(&mut c).await?;
+                Ok(super::replication::take_wait(answers, cmds.len(), confirm))
             }
             RedisConn::Cluster(c) => {
                 // Group by slot, keeping each slot's commands in order.
@@ -192,8 +211,16 @@ impl RedisConn {
                     for &i in idx {
                         pipe.add_command(cmds[i].1.clone());
                     }
+                    super::replication::add_wait(&mut pipe, cmds[idx[0]].0, confirm);
                     let mut c = c.clone();
-                    async move { pipe.query_async::<Vec<RedisResult<Value>>>(&mut c).await }
+                    async move {
+                        let answers = pipe.query_async::<Vec<RedisResult<Value>>>(&mut c).await?;
+                        Ok::<_, redis::RedisError>(super::replication::take_wait(
+                            answers,
+                            idx.len(),
+                            confirm,
+                        ))
+                    }
                 });
                 let answers = futures_util::future::join_all(futures).await;
                 let mut out: Vec<Option<RedisResult<Value>>> =
@@ -227,6 +254,49 @@ impl RedisConn {
                 Ok(redis::from_redis_value(first_string(v))?)
             }
         }
+    }
+
+    /// A cluster's slot ranges and the master of each: (first slot, last slot, master's
+    /// `host:port id`), sorted, from `CLUSTER SLOTS` of any node. Empty for a single server.
+    pub async fn slot_masters(&self) -> RedisResult<Vec<(i64, i64, String)>> {
+        let RedisConn::Cluster(c) = self else {
+            return Ok(Vec::new());
+        };
+        let routing = redis::cluster_routing::RoutingInfo::SingleNode(
+            redis::cluster_routing::SingleNodeRoutingInfo::Random,
+        );
+        let answer = c
+            .clone()
+            .route_command(redis::cmd("CLUSTER").arg("SLOTS").clone(), routing)
+            .await?;
+        let Value::Array(ranges) = answer else {
+            return Ok(Vec::new());
+        };
+        let mut out: Vec<(i64, i64, String)> = ranges
+            .into_iter()
+            .filter_map(|range| {
+                let Value::Array(parts) = range else {
+                    return None;
+                };
+                let (Some(Value::Int(first)), Some(Value::Int(last)), Some(Value::Array(master))) =
+                    (parts.first(), parts.get(1), parts.get(2))
+                else {
+                    return None;
+                };
+                let text: Vec<String> = master
+                    .iter()
+                    .take(3)
+                    .map(|v| match v {
+                        Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+                        Value::Int(i) => i.to_string(),
+                        other => format!("{other:?}"),
+                    })
+                    .collect();
+                Some((*first, *last, text.join(" ")))
+            })
+            .collect();
+        out.sort();
+        Ok(out)
     }
 
     /// Subscribes to a room channel (sharded on a cluster).
