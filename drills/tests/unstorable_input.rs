@@ -142,10 +142,16 @@ async fn unstorable_input_is_refused_and_everything_acked_is_stored_unchanged() 
 
     let mut acks = Vec::new();
     for (room, cid, body) in &accepted {
-        alice
-            .send(json!({"type": "send", "room": room, "cid": cid, "body": body}))
-            .await
-            .unwrap();
+        if cid == "pair-escaped" {
+            // The same text written as `\u` surrogate-pair escapes.
+            let raw = r#"{"type":"send","room":"lobby","cid":"pair-escaped","body":"\ud83d\ude00 and \udbff\udfff"}"#;
+            alice.send_text(raw).await.unwrap();
+        } else {
+            alice
+                .send(json!({"type": "send", "room": room, "cid": cid, "body": body}))
+                .await
+                .unwrap();
+        }
         let v = answer(&mut alice, cid).await;
         let seq = v["seq"].as_u64();
         report.check(

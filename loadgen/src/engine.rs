@@ -405,6 +405,8 @@ struct ShardStats {
     acked_max: HashMap<Key, u64>,
     first_error: Option<String>,
     acks: Vec<AckRecord>,
+    /// Messages answered `unavailable` at least once (re-sent), by (role, k), until acked.
+    refused: std::collections::HashSet<(u32, u64)>,
 }
 
 /// A receiver's streams, by room key.
@@ -512,11 +514,13 @@ impl Shard {
                 }
                 self.totals.answered.fetch_add(1, Relaxed);
                 let mut st = self.stats.borrow_mut();
+                let refused = st.refused.remove(&(role, k));
                 if self.scenario.record_acks {
                     st.acks.push(AckRecord {
                         room: String::from_utf8_lossy(m.room).into_owned(),
                         seq: m.seq,
                         cid: String::from_utf8_lossy(m.cid).into_owned(),
+                        refused,
                     });
                 }
                 st.counters.acked += 1;
@@ -562,6 +566,7 @@ impl Shard {
                         if unavailable {
                             // Retried with the same cid after a backoff: not an answer yet.
                             st.tick.errors += 1;
+                            st.refused.insert((role, k));
                             drop(st);
                             retry_later(ob, (role, k));
                             return;
@@ -618,6 +623,7 @@ async fn shard_main(init: ShardInit) -> ShardReport {
             acked_max: HashMap::new(),
             first_error: None,
             acks: Vec::new(),
+            refused: Default::default(),
         }),
         start: Cell::new(None),
         start_signal: watch::channel(None).0,

@@ -47,6 +47,10 @@ pub struct AckRecord {
     pub room: String,
     pub seq: u64,
     pub cid: String,
+    /// The message was answered `unavailable` at least once before this ack (re-sent with
+    /// its cid): its ack may come after later messages' acks, with the seq it got first.
+    #[serde(default)]
+    pub refused: bool,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]

@@ -62,6 +62,8 @@ pub struct BusCounters {
     /// and changes of the Redis Cluster's slot-to-master map seen (failovers, resharding).
     pub redis_unreplicated: AtomicU64,
     pub redis_topology_changes: AtomicU64,
+    /// Cluster clients replaced because the old one answered nothing (see bus/cluster/topology.rs).
+    pub redis_client_rebuilds: AtomicU64,
     pub pubsub_messages: AtomicU64,
     /// Gaps found in a room's stream, messages filled from the cache, and gaps the cache could
     /// not fill.
@@ -200,7 +202,7 @@ impl Metrics {
             }
         }
         let b = &self.bus;
-        let bus: [(&str, &str, &AtomicU64); 13] = [
+        let bus: [(&str, &str, &AtomicU64); 14] = [
             (
                 "chat_redis_round_trips_total",
                 "Pipelined round trips of the publish step.",
@@ -230,6 +232,11 @@ impl Metrics {
                 "chat_redis_topology_changes_total",
                 "Changes of the Redis Cluster slot-to-master map seen (failover, resharding): every channel re-subscribed, gaps filled.",
                 &b.redis_topology_changes,
+            ),
+            (
+                "chat_redis_client_rebuilds_total",
+                "Redis Cluster clients replaced by a new one from the seeds after the old one answered nothing for 3 s.",
+                &b.redis_client_rebuilds,
             ),
             (
                 "chat_pubsub_messages_total",

@@ -51,8 +51,12 @@ const RESUME_FROM_STORE_MAX: u32 = 10_000;
 pub const KAFKA_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long one request keeps retrying while Redis is unreachable before its sender hears
-/// `unavailable` (and retries with the same `cid`).
-const REDIS_RETRY_BUDGET: Duration = Duration::from_secs(5);
+/// `unavailable` (and retries with the same `cid`). Long enough to outlast a Redis Cluster
+/// failover (node timeout, election, and redis-rs's slot refresh, during which its cluster
+/// client holds every request, those of healthy shards too): a message whose step ran on a
+/// healthy shard must be answered with its seq, not `unavailable`, or its retry's ack would
+/// come after later messages' acks.
+const REDIS_RETRY_BUDGET: Duration = Duration::from_secs(10);
 
 fn retryable(e: &redis::RedisError) -> bool {
     e.is_io_error()
@@ -120,7 +124,8 @@ pub fn start(
 struct Bus {
     node: Arc<Node>,
     cfg: ClusterConfig,
-    redis: RedisConn,
+    /// Replaced when redis-rs's cluster client is stuck ([`topology`]).
+    redis: RefCell<RedisConn>,
     pushes: RefCell<Option<mpsc::UnboundedReceiver<PushInfo>>>,
     publish_sha: RefCell<String>,
     read_sha: RefCell<String>,
@@ -270,7 +275,7 @@ impl Bus {
             id_prefix: format!("{:016x}-", node.node_id),
             node,
             cfg,
-            redis,
+            redis: RefCell::new(redis),
             pushes: RefCell::new(Some(pushes)),
             publish_sha: RefCell::new(publish_sha),
             read_sha: RefCell::new(read_sha),
@@ -297,7 +302,7 @@ impl BusExt for Rc<Bus> {
             .collect();
         let pushes = self.pushes.borrow_mut().take().expect("push receiver");
         tokio::task::spawn_local(self.clone().receive(pushes));
-        if self.redis.is_cluster() {
+        if self.redis().is_cluster() {
             tokio::task::spawn_local(self.clone().watch_topology());
         }
         loop {
@@ -351,6 +356,11 @@ impl BusExt for Rc<Bus> {
 }
 
 impl Bus {
+    /// The current Redis connection (a cheap clone).
+    fn redis(&self) -> RedisConn {
+        self.redis.borrow().clone()
+    }
+
     fn send(&self, core: CoreId, msgs: Vec<CoreMsg>) {
         if !msgs.is_empty() {
             self.node.mailboxes[core].send(msgs);
@@ -378,28 +388,41 @@ impl Bus {
     }
 
     /// Runs commands, retrying while Redis is unreachable (up to ~5 s); with `--redis-replicas`
-    /// also while the replicas do not confirm them (after the budget, the unconfirmed answers
-    /// are [`replication::not_replicated`] errors).
+    /// also while the replicas do not confirm them. Only what failed runs again (a shard whose
+    /// master died, or that the replicas did not confirm): what succeeded stands, so a message
+    /// on a healthy shard keeps its answer. After the budget the commands still failing answer
+    /// their error; `Err` only when nothing ever answered.
     async fn run_retrying(
         &self,
         cmds: &[(u16, redis::Cmd)],
     ) -> RedisResult<Vec<RedisResult<Value>>> {
         let deadline = tokio::time::Instant::now() + REDIS_RETRY_BUDGET;
         let mut wait = Duration::from_millis(20);
+        let mut answers: Vec<Option<RedisResult<Value>>> = (0..cmds.len()).map(|_| None).collect();
         loop {
+            let todo: Vec<usize> = (0..cmds.len())
+                .filter(|&i| answers[i].as_ref().is_none_or(again))
+                .collect();
+            if todo.is_empty() {
+                return Ok(answers.into_iter().map(Option::unwrap).collect());
+            }
+            let sub: Vec<(u16, redis::Cmd)> = todo.iter().map(|&i| cmds[i].clone()).collect();
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let run = self.redis.run_with(cmds, self.confirm());
+            let redis = self.redis();
+            let run = redis.run_within(&sub, self.confirm(), left);
             let err = match tokio::time::timeout(left, run).await {
-                Ok(Ok(r)) if !r.iter().any(unreplicated) => return Ok(r),
                 Ok(Ok(r)) => {
-                    inc(&self.node.metrics.bus.redis_unreplicated);
-                    if tokio::time::Instant::now() + wait >= deadline {
-                        return Ok(r);
+                    let failed = r.iter().filter(|a| again(a)).count();
+                    if r.iter().any(unreplicated) {
+                        inc(&self.node.metrics.bus.redis_unreplicated);
                     }
-                    tracing::warn!("Redis replicas did not confirm in time; retrying");
-                    tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(Duration::from_millis(500));
-                    continue;
+                    for (&i, a) in todo.iter().zip(r) {
+                        answers[i] = Some(a);
+                    }
+                    if failed == 0 {
+                        continue;
+                    }
+                    redis::RedisError::from((redis::ErrorKind::Io, "some commands failed"))
                 }
                 Ok(Err(e)) if !retryable(&e) => return Err(e),
                 Ok(Err(e)) => e,
@@ -408,10 +431,16 @@ impl Bus {
                 }
             };
             if tokio::time::Instant::now() + wait >= deadline {
-                return Err(err);
+                if answers.iter().all(Option::is_none) {
+                    return Err(err);
+                }
+                return Ok(answers
+                    .into_iter()
+                    .map(|a| a.unwrap_or_else(|| Err(keys::shard_failed(&err))))
+                    .collect());
             }
             inc(&self.node.metrics.bus.redis_retries);
-            tracing::warn!(error = %err, "Redis request failed; retrying");
+            tracing::warn!(error = %err, commands = todo.len(), "Redis request failed or not replicated; retrying");
             tokio::time::sleep(wait).await;
             wait = (wait * 2).min(Duration::from_millis(500));
         }
@@ -441,8 +470,8 @@ impl Bus {
     }
 
     async fn reload_scripts(&self) -> RedisResult<()> {
-        *self.publish_sha.borrow_mut() = self.redis.load_script(PUBLISH_LUA).await?;
-        *self.read_sha.borrow_mut() = self.redis.load_script(READ_AFTER_LUA).await?;
+        *self.publish_sha.borrow_mut() = self.redis().load_script(PUBLISH_LUA).await?;
+        *self.read_sha.borrow_mut() = self.redis().load_script(READ_AFTER_LUA).await?;
         Ok(())
     }
 
@@ -519,7 +548,7 @@ impl Bus {
                             (None, Some(_)) => -1,
                             (None, None) => seen as i64,
                         };
-                        publish_cmd(&sha, req, id, floor, &self.cfg, self.redis.is_cluster())
+                        publish_cmd(&sha, req, id, floor, &self.cfg, self.redis().is_cluster())
                     })
                     .collect()
             };
@@ -626,7 +655,7 @@ impl Bus {
         self.send(core, immediate);
         if !publishes.is_empty() {
             // Live delivery only; a lost publish is filled from the cache by the receivers.
-            if let Err(e) = self.redis.run(&publishes).await {
+            if let Err(e) = self.redis().run(&publishes).await {
                 tracing::warn!(error = %e, "publishing confirmed messages failed; receivers fill the gap");
             }
         }
@@ -683,7 +712,7 @@ impl Bus {
     /// The publishes the Lua step leaves to the node with `--redis-replicas`.
     fn publish_cmds(&self, req: &PublishRequest, msg: &[u8]) -> Vec<(u16, redis::Cmd)> {
         let channels = match &req.dm {
-            None => vec![(keys::room_channel(&req.room), self.redis.is_cluster())],
+            None => vec![(keys::room_channel(&req.room), self.redis().is_cluster())],
             Some((a, b)) => vec![
                 (keys::user_channel(a), false),
                 (keys::user_channel(b), false),
@@ -730,6 +759,12 @@ fn evalsha(sha: &str, keys: &[String], args: &[Vec<u8>]) -> redis::Cmd {
 
 fn unreplicated(answer: &RedisResult<Value>) -> bool {
     matches!(answer, Err(e) if replication::is_not_replicated(e))
+}
+
+/// An answer worth running its command again for: its shard failed, or the replicas did not
+/// confirm it.
+fn again(answer: &RedisResult<Value>) -> bool {
+    matches!(answer, Err(e) if replication::is_not_replicated(e) || keys::is_shard_failed(e))
 }
 
 fn is_missing_seq(answer: &RedisResult<Value>) -> bool {
@@ -836,7 +871,8 @@ impl Bus {
         };
         if first {
             let channel = keys::room_channel(room);
-            let subscribe = self.redis.subscribe_room(&channel);
+            let redis = self.redis();
+            let subscribe = redis.subscribe_room(&channel);
             match tokio::time::timeout(REDIS_RETRY_BUDGET, subscribe).await {
                 Ok(r) => r?,
                 Err(_) => {
@@ -1025,7 +1061,7 @@ impl Bus {
         if first {
             let bus = self.clone();
             tokio::task::spawn_local(async move {
-                if let Err(e) = bus.redis.subscribe_user(&keys::user_channel(&user)).await {
+                if let Err(e) = bus.redis().subscribe_user(&keys::user_channel(&user)).await {
                     tracing::warn!(%user, error = %e, "SUBSCRIBE failed");
                 }
             });
@@ -1065,10 +1101,14 @@ impl Bus {
             tokio::task::spawn_local(async move {
                 let r = match &channel {
                     Channel::Room(room) => {
-                        bus.redis.unsubscribe_room(&keys::room_channel(room)).await
+                        bus.redis()
+                            .unsubscribe_room(&keys::room_channel(room))
+                            .await
                     }
                     Channel::User(user) => {
-                        bus.redis.unsubscribe_user(&keys::user_channel(user)).await
+                        bus.redis()
+                            .unsubscribe_user(&keys::user_channel(user))
+                            .await
                     }
                 };
                 if let Err(e) = r {
@@ -1274,7 +1314,7 @@ impl Bus {
                     (keys::key_slot(&keys::seq_key(r)), c)
                 })
                 .collect();
-            match self.redis.run_with(&cmds, self.confirm()).await {
+            match self.redis().run_with(&cmds, self.confirm()).await {
                 Ok(answers) if !answers.iter().any(unreplicated) => {
                     self.state.borrow_mut().resync_pending = false;
                     for ((room, last), answer) in rooms.into_iter().zip(answers) {

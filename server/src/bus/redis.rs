@@ -183,6 +183,18 @@ impl RedisConn {
         cmds: &[(u16, Cmd)],
         confirm: Option<(u32, u64)>,
     ) -> RedisResult<Vec<RedisResult<Value>>> {
+        self.run_within(cmds, confirm, Duration::from_secs(3600))
+            .await
+    }
+
+    /// [`RedisConn::run_with`], where on a cluster a shard that does not answer `within`
+    /// fails its own commands ([`shard_failed`]) and the others' answers stand.
+    pub async fn run_within(
+        &self,
+        cmds: &[(u16, Cmd)],
+        confirm: Option<(u32, u64)>,
+        within: Duration,
+    ) -> RedisResult<Vec<RedisResult<Value>>> {
         match self {
             RedisConn::Single(c) => {
                 let mut pipe = redis::pipe();
@@ -214,7 +226,17 @@ impl RedisConn {
                     super::replication::add_wait(&mut pipe, cmds[idx[0]].0, confirm);
                     let mut c = c.clone();
                     async move {
-                        let answers = pipe.query_async::<Vec<RedisResult<Value>>>(&mut c).await?;
+                        let answers = tokio::time::timeout(
+                            within,
+                            pipe.query_async::<Vec<RedisResult<Value>>>(&mut c),
+                        )
+                        .await
+                        .map_err(|_| {
+                            redis::RedisError::from((
+                                redis::ErrorKind::Io,
+                                "shard did not answer in time",
+                            ))
+                        })??;
                         Ok::<_, redis::RedisError>(super::replication::take_wait(
                             answers,
                             idx.len(),
@@ -225,10 +247,20 @@ impl RedisConn {
                 let answers = futures_util::future::join_all(futures).await;
                 let mut out: Vec<Option<RedisResult<Value>>> =
                     (0..cmds.len()).map(|_| None).collect();
+                // A shard that failed (say its master just died) fails only its own commands:
+                // the other shards' answers stand.
                 for ((_, idx), answer) in groups.iter().zip(answers) {
-                    let answer = answer?;
-                    for (&i, r) in idx.iter().zip(answer) {
-                        out[i] = Some(r);
+                    match answer {
+                        Ok(answer) => {
+                            for (&i, r) in idx.iter().zip(answer) {
+                                out[i] = Some(r);
+                            }
+                        }
+                        Err(e) => {
+                            for &i in idx {
+                                out[i] = Some(Err(shard_failed(&e)));
+                            }
+                        }
                     }
                 }
                 Ok(out
@@ -328,6 +360,15 @@ impl RedisConn {
             RedisConn::Cluster(c) => c.clone().unsubscribe(channel).await,
         }
     }
+}
+
+/// The error each command of a shard's failed pipeline answers (the shard's error, as text).
+pub fn shard_failed(e: &redis::RedisError) -> redis::RedisError {
+    redis::RedisError::from((redis::ErrorKind::Io, "shard failed", e.to_string()))
+}
+
+pub fn is_shard_failed(e: &redis::RedisError) -> bool {
+    e.to_string().contains("shard failed")
 }
 
 /// `SCRIPT LOAD` on all primaries answers one sha per node (all equal): take one.

@@ -15,7 +15,7 @@
 //! ([`crate::bus::replication`]).
 
 use super::{stream_messages, Bus, Name};
-use crate::bus::redis as keys;
+use crate::bus::redis::{self as keys, RedisConn};
 use crate::fanout::CoreMsg;
 use crate::metrics::inc;
 use chat_wire::frame::{encode_frame, OpCode};
@@ -26,16 +26,34 @@ use std::time::Duration;
 /// How often the slot map is read.
 pub const WATCH_INTERVAL: Duration = Duration::from_millis(500);
 
+/// How long the slot map may be unreadable before the cluster client is replaced.
+const REBUILD_AFTER: Duration = Duration::from_secs(3);
+
 /// Attempts to subscribe one channel again (the new master may still be taking over).
 const SUBSCRIBE_ATTEMPTS: u32 = 20;
 
 impl Bus {
     pub(super) async fn watch_topology(self: Rc<Self>) {
         let mut known: Option<Vec<(i64, i64, String)>> = None;
+        let mut failing_since: Option<tokio::time::Instant> = None;
         loop {
             tokio::time::sleep(WATCH_INTERVAL).await;
-            let Ok(map) = self.redis.slot_masters().await else {
-                continue;
+            let map = match self.redis().slot_masters().await {
+                Ok(map) => {
+                    failing_since = None;
+                    map
+                }
+                Err(e) => {
+                    let since = *failing_since.get_or_insert_with(tokio::time::Instant::now);
+                    if since.elapsed() >= REBUILD_AFTER {
+                        tracing::warn!(error = %e, "the Redis Cluster client has answered nothing for {REBUILD_AFTER:?}; connecting anew");
+                        if self.clone().rebuild().await {
+                            failing_since = None;
+                            known = None;
+                        }
+                    }
+                    continue;
+                }
             };
             if known.as_ref().is_some_and(|k| *k != map) {
                 inc(&self.node.metrics.bus.redis_topology_changes);
@@ -46,6 +64,27 @@ impl Bus {
                 tokio::task::spawn_local(self.clone().rehome());
             }
             known = Some(map);
+        }
+    }
+
+    /// A new cluster client from the seeds, its pushes received, every channel subscribed on
+    /// it and every gap filled. redis-rs 1.8's cluster client can end up with no connection
+    /// left after a failover ("slot refresh failed: No connections found") and never recover
+    /// (seen in drill redis-failover); a new client from the seeds does. False when the seeds
+    /// do not answer either.
+    async fn rebuild(self: Rc<Self>) -> bool {
+        match RedisConn::connect(&self.cfg.redis).await {
+            Ok((conn, pushes)) => {
+                *self.redis.borrow_mut() = conn;
+                inc(&self.node.metrics.bus.redis_client_rebuilds);
+                tokio::task::spawn_local(self.clone().receive(pushes));
+                tokio::task::spawn_local(self.clone().rehome());
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "no Redis Cluster seed answers yet");
+                false
+            }
         }
     }
 
@@ -60,13 +99,11 @@ impl Bus {
         };
         for room in &rooms {
             let channel = keys::room_channel(room);
-            self.again(&channel, || self.redis.subscribe_room(&channel))
-                .await;
+            self.again(&channel, false).await;
         }
         for user in &users {
             let channel = keys::user_channel(user);
-            self.again(&channel, || self.redis.subscribe_user(&channel))
-                .await;
+            self.again(&channel, true).await;
         }
         let start = !std::mem::replace(&mut self.state.borrow_mut().resync_pending, true);
         if start {
@@ -80,13 +117,19 @@ impl Bus {
         );
     }
 
-    async fn again<F, Fut>(&self, channel: &str, subscribe: F)
-    where
-        F: Fn() -> Fut,
-        Fut: std::future::Future<Output = redis::RedisResult<()>>,
-    {
+    /// Subscribes a room (`user` false) or user channel again, retrying while the new master
+    /// takes over.
+    async fn again(&self, channel: &str, user: bool) {
         for attempt in 1..=SUBSCRIBE_ATTEMPTS {
-            match tokio::time::timeout(Duration::from_secs(2), subscribe()).await {
+            let redis = self.redis();
+            let subscribe = async {
+                if user {
+                    redis.subscribe_user(channel).await
+                } else {
+                    redis.subscribe_room(channel).await
+                }
+            };
+            match tokio::time::timeout(Duration::from_secs(2), subscribe).await {
                 Ok(Ok(())) => return,
                 Ok(Err(e)) if attempt == SUBSCRIBE_ATTEMPTS => {
                     tracing::error!(channel, error = %e, "could not subscribe again")
