@@ -83,7 +83,10 @@ async fn redis_failover_that_loses_writes_reuses_no_seq_and_loses_no_ack() {
     let Some(mut cluster) = Cluster::start(opts).await else {
         return;
     };
-    let mut load = Load::start(scenario(cluster.drill, cluster.urls()));
+    // 10 % direct messages: user channels must survive the failover too.
+    let mut sc = scenario(cluster.drill, cluster.urls());
+    sc.dm_share = 0.1;
+    let mut load = Load::start(sc);
 
     load.at(6.0).await;
     let rc = cluster.redis_cluster.as_mut().expect("a Redis Cluster");
