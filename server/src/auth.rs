@@ -18,6 +18,8 @@ impl JwtAuth {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.set_required_spec_claims(&["exp", "sub"]);
         validation.leeway = 5;
+        // A token not valid yet (`nbf` in the future) is refused like an expired one.
+        validation.validate_nbf = true;
         JwtAuth {
             key: DecodingKey::from_secret(secret.as_bytes()),
             validation,

@@ -59,6 +59,12 @@ pub struct Config {
     #[arg(long, env = "CHAT_IDLE_PING", default_value_t = 30)]
     pub idle_ping: u64,
 
+    /// Milliseconds a new connection has to send its whole request head; past it the server
+    /// answers 408 and closes (an unfinished head is never kept). Sockets still sending their
+    /// head count against `--max-connections`.
+    #[arg(long, env = "CHAT_HEAD_TIMEOUT_MS", default_value_t = 5_000)]
+    pub head_timeout_ms: u64,
+
     /// Seconds a closing connection gets to finish the close handshake (and a slow consumer to
     /// read up to its close frame) before it is cut.
     #[arg(long, env = "CHAT_CLOSE_TIMEOUT", default_value_t = 10.0)]
@@ -129,6 +135,11 @@ pub struct Config {
     #[arg(long, env = "CHAT_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
 
+    /// With `--allowed-origins`: refuse (403) upgrades without an Origin header too, so that
+    /// only the listed browser origins can connect (no non-browser clients).
+    #[arg(long, env = "CHAT_REQUIRE_ORIGIN")]
+    pub require_origin: bool,
+
     /// Most open WebSocket connections on this node; more get 503 before the upgrade.
     #[arg(long, env = "CHAT_MAX_CONNECTIONS", default_value_t = 200_000)]
     pub max_connections: u64,
@@ -150,6 +161,18 @@ impl Config {
                 "--threads must be 1-{}",
                 crate::bus::memory::CoreSet::MAX_CORES
             ));
+        }
+        if self
+            .jwt_secret
+            .as_deref()
+            .is_some_and(|s| s.trim().is_empty())
+        {
+            return Err(
+                "--jwt-secret must not be empty (any token would be signed with it)".into(),
+            );
+        }
+        if self.require_origin && self.allowed_origins.is_empty() {
+            return Err("--require-origin needs --allowed-origins".into());
         }
         if self.max_frame < 1024 {
             return Err("--max-frame must be at least 1024 bytes".into());

@@ -51,26 +51,38 @@ const READ_MAX: usize = 16 * 1024;
 pub async fn serve(core: CoreRef, mut stream: TcpStream) {
     let _ = stream.set_nodelay(true);
     let node = core.borrow().node.clone();
-    let mut buf = BytesMut::with_capacity(READ_MIN);
-    // The request head.
-    let (head_len, upgrade) = loop {
-        match parse_request(&buf) {
-            Ok(Some((req, len))) => break (len, route(&req, &node)),
-            Ok(None) => {}
-            Err(e) => {
-                let body = format!("{e:?}\n");
-                let resp =
-                    chat_wire::handshake::http_response(e.status(), "text/plain", body.as_bytes());
-                let _ = stream.write_all(resp).await;
-                return;
-            }
-        }
-        match read_more(&mut stream, buf, READ_MIN).await {
-            (Some(_), b) => buf = b,
-            (None, _) => return,
+    let core_id = core.borrow().id;
+    let counters = &node.metrics.cores[core_id];
+    // Sockets still sending their head count against the limit too: a client that never
+    // finishes one cannot lock real users out by holding descriptors.
+    if node.open_connections() + node.handshaking() >= node.config.max_connections {
+        let resp =
+            chat_wire::handshake::http_response(503, "text/plain", b"connection limit reached\n");
+        let _ = stream.write_all(resp).await;
+        return;
+    }
+    counters
+        .handshaking
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let head_timeout = Duration::from_millis(node.config.head_timeout_ms.max(1));
+    let head = monoio::time::timeout(head_timeout, read_head(&mut stream, &node)).await;
+    counters
+        .handshaking
+        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    let (head_len, upgrade, mut buf) = match head {
+        Ok(Some(head)) => head,
+        Ok(None) => return,
+        Err(_) => {
+            inc(&counters.head_timeouts);
+            let resp = chat_wire::handshake::http_response(
+                408,
+                "text/plain",
+                b"request head not finished in time\n",
+            );
+            let _ = stream.write_all(resp).await;
+            return;
         }
     };
-    let core_id = core.borrow().id;
     let (accept, user) = match upgrade {
         Route::Respond(resp) => {
             inc(&node.metrics.cores[core_id].http_requests);
@@ -97,6 +109,35 @@ pub async fn serve(core: CoreRef, mut stream: TcpStream) {
     read_loop(&core, conn, &io, reader, buf).await;
     core.borrow_mut().remove_conn(conn);
     io.finish();
+}
+
+/// Reads the request head and routes it: (head length, route, the buffer with what followed
+/// the head). `None` when the client went away or sent a bad head (answered here).
+async fn read_head(
+    stream: &mut TcpStream,
+    node: &crate::node::Node,
+) -> Option<(usize, Route, BytesMut)> {
+    let mut buf = BytesMut::with_capacity(READ_MIN);
+    loop {
+        match parse_request(&buf) {
+            Ok(Some((req, len))) => {
+                let route = route(&req, node);
+                return Some((len, route, buf));
+            }
+            Ok(None) => {}
+            Err(e) => {
+                let body = format!("{e:?}\n");
+                let resp =
+                    chat_wire::handshake::http_response(e.status(), "text/plain", body.as_bytes());
+                let _ = stream.write_all(resp).await;
+                return None;
+            }
+        }
+        match read_more(stream, buf, READ_MIN).await {
+            (Some(_), b) => buf = b,
+            (None, _) => return None,
+        }
+    }
 }
 
 /// Reads into the spare capacity of `buf`, first making room for `want` bytes when less than a

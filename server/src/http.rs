@@ -17,6 +17,19 @@ pub enum Route {
 }
 
 pub fn route(req: &Request<'_>, node: &Node) -> Route {
+    match page(req, node) {
+        // HEAD: the same status and headers (Content-Length included), no body.
+        Route::Respond(mut bytes) if req.method == "HEAD" => {
+            if let Some(end) = bytes.windows(4).position(|w| w == b"\r\n\r\n") {
+                bytes.truncate(end + 4);
+            }
+            Route::Respond(bytes)
+        }
+        other => other,
+    }
+}
+
+fn page(req: &Request<'_>, node: &Node) -> Route {
     if req.path == "/ws" {
         return websocket(req, node);
     }
@@ -52,9 +65,15 @@ fn websocket(req: &Request<'_>, node: &Node) -> Route {
         Ok(a) => a,
         Err(why) => return text(400, &format!("{why}\n")),
     };
-    if let (Some(origin), false) = (req.header("origin"), node.config.allowed_origins.is_empty()) {
-        if !node.config.allowed_origins.iter().any(|o| o == origin) {
-            return text(403, "origin not allowed\n");
+    if !node.config.allowed_origins.is_empty() {
+        match req.header("origin") {
+            Some(origin) if !node.config.allowed_origins.iter().any(|o| o == origin) => {
+                return text(403, "origin not allowed\n");
+            }
+            None if node.config.require_origin => {
+                return text(403, "an Origin header is required\n");
+            }
+            _ => {}
         }
     }
     let user = match &node.auth {

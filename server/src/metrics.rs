@@ -13,6 +13,9 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 pub struct CoreCounters {
     /// Open WebSocket connections (gauge).
     pub connections: AtomicU64,
+    /// Accepted sockets still sending their request head (gauge), and heads that timed out.
+    pub handshaking: AtomicU64,
+    pub head_timeouts: AtomicU64,
     pub connections_total: AtomicU64,
     pub http_requests: AtomicU64,
     /// Client requests decoded (any type).
@@ -94,12 +97,24 @@ impl Metrics {
     pub fn render(&self, draining: bool) -> String {
         let mut out = String::with_capacity(4096);
         type Field = fn(&CoreCounters) -> &AtomicU64;
-        let series: [(&str, &str, &str, Field); 17] = [
+        let series: [(&str, &str, &str, Field); 19] = [
             (
                 "chat_connections",
                 "gauge",
                 "Open WebSocket connections.",
                 |c| &c.connections,
+            ),
+            (
+                "chat_handshaking_connections",
+                "gauge",
+                "Accepted sockets still sending their request head.",
+                |c| &c.handshaking,
+            ),
+            (
+                "chat_head_timeouts_total",
+                "counter",
+                "Request heads not finished within --head-timeout-ms (answered 408, closed).",
+                |c| &c.head_timeouts,
             ),
             (
                 "chat_connections_total",

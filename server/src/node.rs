@@ -39,6 +39,15 @@ impl Node {
         })
     }
 
+    /// Accepted sockets on all cores still sending their request head.
+    pub fn handshaking(&self) -> u64 {
+        self.metrics
+            .cores
+            .iter()
+            .map(|c| c.handshaking.load(Ordering::Relaxed))
+            .sum()
+    }
+
     /// Open WebSocket connections on all cores.
     pub fn open_connections(&self) -> u64 {
         self.metrics

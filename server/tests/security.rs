@@ -88,6 +88,16 @@ async fn jwt_names_the_user_and_bad_tokens_get_401() {
             ),
         ),
         ("garbage", format!("{base}?token=not.a.jwt")),
+        (
+            "not valid yet (nbf in an hour)",
+            format!(
+                "{base}?token={}",
+                token(
+                    SECRET,
+                    json!({"sub":"alice","exp":now() + 7200,"nbf":now() + 3600})
+                )
+            ),
+        ),
     ];
     for (why, url) in refused {
         assert_eq!(upgrade_status(&url, None).await, 401, "{why}");
@@ -118,6 +128,64 @@ async fn the_origin_allow_list_refuses_other_browsers() {
         101,
         "non-browser clients send no Origin"
     );
+
+    // --require-origin: only the listed browsers, nobody without an Origin.
+    let strict = Server::start(&[
+        "--allowed-origins",
+        "https://chat.example.com",
+        "--require-origin",
+    ]);
+    let url = strict.ws_url("o");
+    assert_eq!(upgrade_status(&url, None).await, 403);
+    assert_eq!(
+        upgrade_status(&url, Some("https://chat.example.com")).await,
+        101
+    );
+}
+
+#[test]
+fn an_empty_jwt_secret_or_a_lone_require_origin_is_refused_at_start() {
+    for (args, why) in [
+        (vec!["--jwt-secret", ""], "--jwt-secret must not be empty"),
+        (
+            vec!["--jwt-secret", "   "],
+            "--jwt-secret must not be empty",
+        ),
+        (
+            vec!["--require-origin"],
+            "--require-origin needs --allowed-origins",
+        ),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_chat-server"))
+            .args(["--listen", "127.0.0.1:0"])
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?} started");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(why), "{args:?}: {err}");
+    }
+}
+
+#[tokio::test]
+async fn head_answers_the_headers_without_a_body() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = Server::start(&[]);
+    for path in ["/", "/healthz", "/metrics", "/nope"] {
+        let mut s = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        s.write_all(format!("HEAD {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await.unwrap();
+        let text = String::from_utf8_lossy(&out);
+        let (head, body) = text.split_once("\r\n\r\n").expect("a response head");
+        assert!(body.is_empty(), "HEAD {path} sent a body: {body:?}");
+        assert!(
+            head.to_ascii_lowercase().contains("content-length:"),
+            "{head}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -137,4 +205,41 @@ async fn the_connection_limit_answers_503() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     assert_eq!(status, 101);
+}
+
+#[tokio::test]
+async fn unfinished_request_heads_are_cut_and_count_against_the_limit() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = Server::start(&["--head-timeout-ms", "1000", "--max-connections", "20"]);
+    // 20 sockets that start a head and never finish it (slowloris).
+    let mut slow = Vec::new();
+    for _ in 0..20 {
+        let mut s = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        s.write_all(b"GET /ws HTTP/1.1\r\n").await.unwrap();
+        slow.push(s);
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(
+        upgrade_status(&server.ws_url("real"), None).await,
+        503,
+        "unfinished heads count against --max-connections"
+    );
+    let started = std::time::Instant::now();
+    for s in &mut slow {
+        let mut out = Vec::new();
+        tokio::time::timeout(std::time::Duration::from_secs(5), s.read_to_end(&mut out))
+            .await
+            .expect("the server closed the unfinished head")
+            .unwrap();
+        assert!(
+            String::from_utf8_lossy(&out).starts_with("HTTP/1.1 408"),
+            "{}",
+            String::from_utf8_lossy(&out)
+        );
+    }
+    println!(
+        "unfinished heads closed {:?} after the check",
+        started.elapsed()
+    );
+    assert_eq!(upgrade_status(&server.ws_url("real"), None).await, 101);
 }

@@ -299,7 +299,22 @@ fn storable(field: &str, s: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Room names: 1-128 characters, no whitespace and no control characters.
+/// Invisible format characters (Unicode category Cf): zero-width spaces and joiners,
+/// bidirectional overrides (U+202E turns `room-a` into what looks like another name), the
+/// byte order mark, tags. A room name with them looks like another one.
+fn is_format_char(c: char) -> bool {
+    matches!(c,
+        '\u{AD}' | '\u{600}'..='\u{605}' | '\u{61C}' | '\u{6DD}' | '\u{70F}' | '\u{8E2}'
+        | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
+        | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{206F}' | '\u{FEFF}'
+        | '\u{FFF9}'..='\u{FFFB}' | '\u{110BD}' | '\u{110CD}' | '\u{13430}'..='\u{1343F}'
+        | '\u{1BCA0}'..='\u{1BCA3}' | '\u{1D173}'..='\u{1D17A}' | '\u{E0001}'
+        | '\u{E0020}'..='\u{E007F}')
+}
+
+/// Room names: 1-128 characters; no whitespace, control or invisible format characters; no
+/// `{` or `}` (a room's Redis keys carry it as their hash tag, `chat:{ROOM}:...`: a brace in
+/// the name could change the slot or make one room's key equal another's).
 pub fn validate_room(room: &str) -> Result<(), &'static str> {
     if room.is_empty() {
         return Err("room name is empty");
@@ -309,6 +324,12 @@ pub fn validate_room(room: &str) -> Result<(), &'static str> {
     }
     if room.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err("room name contains whitespace or control characters");
+    }
+    if room.chars().any(is_format_char) {
+        return Err("room name contains invisible format characters (U+200B, U+202E, ...)");
+    }
+    if room.contains(['{', '}']) {
+        return Err("room name contains { or } (reserved: Redis hash tags)");
     }
     Ok(())
 }
@@ -648,6 +669,32 @@ mod tests {
                 None,
             ),
             (r#"{"type":"join","room":""}"#, ErrorCode::BadRequest, None),
+            // Names that would change a Redis key's slot, or look like another name.
+            (
+                r#"{"type":"join","room":"}a"}"#,
+                ErrorCode::BadRequest,
+                None,
+            ),
+            (
+                r#"{"type":"join","room":"a{b}"}"#,
+                ErrorCode::BadRequest,
+                None,
+            ),
+            (
+                r#"{"type":"join","room":"lob\u200bby"}"#,
+                ErrorCode::BadRequest,
+                None,
+            ),
+            (
+                r#"{"type":"join","room":"a\u202eb"}"#,
+                ErrorCode::BadRequest,
+                None,
+            ),
+            (
+                r#"{"type":"join","room":"\ufeffa"}"#,
+                ErrorCode::BadRequest,
+                None,
+            ),
             (
                 r#"{"type":"send","room":"a","cid":"x","body":7}"#,
                 ErrorCode::BadRequest,
