@@ -6,7 +6,7 @@
 //! * `histogram/observe/mutex`: the same bounds behind a `Mutex` (uncontended lock + unlock).
 //! * `histogram/instant_now`: `Instant::now()`, read once per `send` and per write burst.
 //! * `histogram/observe_4_cores`: four threads observing into their own histograms at once
-//!   (no shared cache line), the per-observation time.
+//!   (no shared cache line), thread start included.
 //! * `histogram/scrape/16_cores`: merging and rendering 16 cores' histograms (once a scrape).
 
 use chat_histogram::{Histogram, Merged, LATENCY_SECONDS};
@@ -61,6 +61,7 @@ fn observe(c: &mut Criterion) {
                 .for_each(|d| m.observe(black_box(d.as_secs_f64())))
         })
     });
+    g.throughput(Throughput::Elements(4 * 64 * samples.len() as u64));
     g.bench_function("observe_4_cores", |b| {
         let cores: Vec<Histogram> = (0..4).map(|_| Histogram::latency()).collect();
         b.iter(|| {

@@ -3,7 +3,7 @@
 //! it takes one. One walk ([`check_command`]) serves every file that runs a binary.
 
 use crate::problems::Problems;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -167,4 +167,28 @@ pub fn check_command(dir: &Path, who: &str, args: &[String], p: &mut Problems) {
             });
         }
     }
+}
+
+/// The environment fallbacks (`[env: CHAT_X=]`) a `--help` text lists.
+pub fn help_envs(help: &str) -> BTreeSet<String> {
+    help.match_indices("[env: ")
+        .filter_map(|(i, m)| {
+            let rest = &help[i + m.len()..];
+            let name: String = rest
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            (!name.is_empty()).then_some(name)
+        })
+        .collect()
+}
+
+/// The whole `--help` text of `bin` (no subcommand).
+pub fn help_text(dir: &Path, bin: &str) -> String {
+    let out = Command::new(dir.join(bin))
+        .arg("--help")
+        .output()
+        .unwrap_or_else(|e| panic!("run {bin} --help: {e}"));
+    assert!(out.status.success(), "{bin} --help failed");
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
