@@ -8,6 +8,7 @@ pub mod compose;
 pub mod help;
 pub mod k8s;
 pub mod problems;
+pub mod prometheus;
 
 use std::path::{Path, PathBuf};
 
