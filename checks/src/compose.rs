@@ -18,10 +18,17 @@ pub const EXPECTED: &[&str] = &[
     "node1",
     "node2",
     "loadgen",
+    "prometheus",
+    "grafana",
 ];
 
 /// Ports of the third-party images (by image name without tag) when nothing configures them.
-pub const IMAGE_PORTS: &[(&str, u16)] = &[("redis", 6379), ("postgres", 5432)];
+pub const IMAGE_PORTS: &[(&str, u16)] = &[
+    ("redis", 6379),
+    ("postgres", 5432),
+    ("prom/prometheus", 9090),
+    ("grafana/grafana", 3000),
+];
 
 /// Default ports of URL schemes.
 pub const SCHEME_PORTS: &[(&str, u16)] = &[
