@@ -6,15 +6,21 @@
 #   scripts/setup.sh --browser  also Chromium + chromedriver (for the browser test)
 #   scripts/setup.sh --broker   also the tansu Kafka broker (scripts/broker.sh install; the
 #                               first install compiles it, ~20 min; later runs skip it)
+#   scripts/setup.sh --ops      also what checks deploy/: Debian's prometheus (prometheus and
+#                               promtool) and kubernetes-validate (PyPI, in a venv under
+#                               ~/.cache/chat-tools/venv; it validates offline with the
+#                               Kubernetes schemas it bundles)
 set -euo pipefail
 
 want_browser=0
 want_broker=0
+want_ops=0
 for arg in "$@"; do
   case "$arg" in
     --browser) want_browser=1 ;;
     --broker) want_broker=1 ;;
-    *) echo "usage: $0 [--browser] [--broker]" >&2; exit 2 ;;
+    --ops) want_ops=1 ;;
+    *) echo "usage: $0 [--browser] [--broker] [--ops]" >&2; exit 2 ;;
   esac
 done
 
@@ -26,6 +32,7 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 packages=(build-essential pkg-config cmake libssl-dev libcurl4-openssl-dev zlib1g-dev
           redis-server redis-tools postgresql postgresql-client curl ca-certificates)
 if [ "$want_browser" = 1 ]; then packages+=(chromium chromium-driver); fi
+if [ "$want_ops" = 1 ]; then packages+=(prometheus python3 python3-venv); fi
 
 missing=()
 for p in "${packages[@]}"; do
@@ -50,6 +57,14 @@ if command -v rustup >/dev/null 2>&1; then
   for c in rustfmt clippy; do
     rustup component list --installed 2>/dev/null | grep -q "^$c" || rustup component add "$c" || true
   done
+fi
+if [ "$want_ops" = 1 ]; then
+  venv="$HOME/.cache/chat-tools/venv"
+  if [ ! -x "$venv/bin/kubernetes-validate" ]; then
+    echo "setup: installing kubernetes-validate into $venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q kubernetes-validate
+  fi
 fi
 if [ "$want_broker" = 1 ]; then
   tansu=$("$(dirname "$0")/broker.sh" install)

@@ -7,7 +7,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-scripts/setup.sh --browser --broker
+scripts/setup.sh --browser --broker --ops
+# kubernetes-validate lives in the venv setup.sh --ops made.
+export PATH="$HOME/.cache/chat-tools/venv/bin:$PATH"
 scripts/services.sh
 if [ -n "${CI:-}" ] && [ -z "${CARGO_TARGET_DIR:-}" ]; then
   export CARGO_TARGET_DIR=/var/cache/chat-backend/target
@@ -18,6 +20,8 @@ export CHAT_REQUIRE_BROWSER=1
 # The end-to-end test (server + persister) must find both binaries.
 export CHAT_REQUIRE_E2E=1
 export CHAT_REQUIRE_BROKER=1
+# The deploy/ checks (checks/) must run, not skip: promtool, prometheus, kubernetes-validate.
+export CHAT_REQUIRE_OPS=1
 CHAT_TANSU=$(scripts/broker.sh path)
 export CHAT_TANSU
 
@@ -26,6 +30,9 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== deploy/: promtool, kubernetes-validate (again, with a real Prometheus, in cargo test -p chat-checks)"
+(cd deploy/prometheus && promtool check config prometheus.yml && promtool check rules alerts.yml && promtool test rules alerts.test.yml)
+kubernetes-validate --strict --quiet $(sed -n 's/^  - \(.*\.yaml\)$/deploy\/k8s\/\1/p' deploy/k8s/kustomization.yaml)
 echo "== fuzz (bounded)"
 scripts/fuzz.sh 20
 echo "== cargo bench -- --test (every criterion benchmark once)"

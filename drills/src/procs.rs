@@ -188,6 +188,11 @@ pub struct Persister {
 }
 
 impl Persister {
+    /// `host:port` of its `/metrics`.
+    pub fn metrics_addr(&self) -> &str {
+        &self.metrics_addr
+    }
+
     /// Starts `chat-persister` on `topic` (consumer group `group`) writing `pg`.
     pub fn start(kafka: &str, pg: &str, topic: &str, group: &str, dir: &Path) -> Persister {
         let args: Vec<String> = [

@@ -119,6 +119,8 @@ pub struct Batch {
     pub records: usize,
     /// Rows dropped by [`Batch::finish`] because the batch held the same (room, seq) already.
     pub duplicates: usize,
+    /// The records' Kafka timestamps (ms since the epoch), for `chat_persister_lag_seconds`.
+    pub timestamps_ms: Vec<i64>,
 }
 
 impl Batch {
@@ -132,6 +134,7 @@ impl Batch {
         timestamp_ms: Option<i64>,
     ) {
         self.records += 1;
+        self.timestamps_ms.extend(timestamp_ms);
         let next = self.offsets.entry(partition).or_insert(offset + 1);
         *next = (*next).max(offset + 1);
         if *next == offset + 1 {

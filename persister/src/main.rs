@@ -33,7 +33,7 @@ use rdkafka::consumer::Consumer;
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 use tokio::signal::unix::{signal, SignalKind};
 
 /// How long leaving the consumer group may take at exit.
@@ -171,13 +171,12 @@ async fn run(config: config::Config) -> i32 {
         if written.fell_back {
             metrics.inc(&metrics.copy_fallbacks);
         }
-        metrics.batch_records.observe(batch.records as f64);
+        metrics.batch_records.observe_units(batch.records as u64);
         if !batch.rows.is_empty() {
-            metrics.copy_seconds.observe(written.copy.as_secs_f64());
+            metrics.copy_seconds.observe(written.copy);
         }
-        metrics
-            .transaction_seconds
-            .observe(written.transaction.as_secs_f64());
+        metrics.transaction_seconds.observe(written.transaction);
+        metrics.observe_lag(&batch.timestamps_ms, SystemTime::now());
         if written.dead_letters > 0 {
             tracing::warn!(
                 count = written.dead_letters,

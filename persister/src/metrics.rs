@@ -6,69 +6,16 @@
 //! letters). Updates happen once per record or batch, on relaxed atomics; a scrape reads them.
 
 use crate::position::Partitions;
+use chat_histogram::{render as render_histogram, Histogram};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-/// A Prometheus histogram with fixed upper bounds (`le`), observed once per batch.
-pub struct Histogram {
-    bounds: &'static [f64],
-    inner: Mutex<HistogramInner>,
-}
-
-#[derive(Default)]
-struct HistogramInner {
-    /// One count per bound (not cumulative), plus +Inf.
-    counts: Vec<u64>,
-    sum: f64,
-    count: u64,
-}
-
-impl Histogram {
-    pub fn new(bounds: &'static [f64]) -> Histogram {
-        Histogram {
-            bounds,
-            inner: Mutex::new(HistogramInner {
-                counts: vec![0; bounds.len() + 1],
-                ..Default::default()
-            }),
-        }
-    }
-
-    pub fn observe(&self, value: f64) {
-        let i = self
-            .bounds
-            .iter()
-            .position(|&b| value <= b)
-            .unwrap_or(self.bounds.len());
-        let mut h = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        h.counts[i] += 1;
-        h.sum += value;
-        h.count += 1;
-    }
-
-    fn render(&self, out: &mut String, name: &str, help: &str) {
-        let h = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-        let mut cumulative = 0;
-        for (bound, n) in self.bounds.iter().zip(&h.counts) {
-            cumulative += n;
-            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
-        }
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", h.count);
-        let _ = writeln!(out, "{name}_sum {}", h.sum);
-        let _ = writeln!(out, "{name}_count {}", h.count);
-    }
-}
-
 const BATCH_SIZE_BOUNDS: &[f64] = &[
     1.0, 10.0, 100.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 25000.0, 50000.0, 100000.0,
-];
-const SECONDS_BOUNDS: &[f64] = &[
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
 pub struct Metrics {
@@ -104,6 +51,9 @@ pub struct Metrics {
     pub batch_records: Histogram,
     pub copy_seconds: Histogram,
     pub transaction_seconds: Histogram,
+    /// Per record: from its Kafka timestamp (when the node produced it) to the commit of the
+    /// transaction that stored it.
+    pub lag_seconds: Histogram,
     started: Instant,
 }
 
@@ -125,9 +75,10 @@ impl Default for Metrics {
             offsets_reset_backwards: AtomicU64::new(0),
             offsets_replaced: AtomicU64::new(0),
             copy_fallbacks: AtomicU64::new(0),
-            batch_records: Histogram::new(BATCH_SIZE_BOUNDS),
-            copy_seconds: Histogram::new(SECONDS_BOUNDS),
-            transaction_seconds: Histogram::new(SECONDS_BOUNDS),
+            batch_records: Histogram::new(BATCH_SIZE_BOUNDS, 1.0),
+            copy_seconds: Histogram::latency(),
+            transaction_seconds: Histogram::latency(),
+            lag_seconds: Histogram::latency(),
             started: Instant::now(),
         }
     }
@@ -140,6 +91,17 @@ impl Metrics {
 
     pub fn add(&self, c: &AtomicU64, n: u64) {
         c.fetch_add(n, Relaxed);
+    }
+
+    /// Each record's lag, from its Kafka timestamp to `committed`.
+    pub fn observe_lag(&self, timestamps_ms: &[i64], committed: SystemTime) {
+        let now_ms = committed
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        for &ts in timestamps_ms {
+            let ms = now_ms.saturating_sub(ts).max(0) as u64;
+            self.lag_seconds.observe(Duration::from_millis(ms));
+        }
     }
 
     /// The whole exposition text.
@@ -231,21 +193,30 @@ impl Metrics {
             "Direct COPYs into messages that met a duplicate and were redone through the staging table.",
             &self.copy_fallbacks,
         );
-        self.batch_records.render(
-            &mut out,
-            "chat_persister_batch_records",
-            "Kafka records per committed batch.",
-        );
-        self.copy_seconds.render(
-            &mut out,
-            "chat_persister_copy_seconds",
-            "Time of one batch's binary COPY (and its insert from staging when it took that path).",
-        );
-        self.transaction_seconds.render(
-            &mut out,
-            "chat_persister_transaction_seconds",
-            "Time of one batch's whole transaction (COPY, insert, offsets, commit).",
-        );
+        for (name, help, h) in [
+            (
+                "chat_persister_batch_records",
+                "Kafka records per committed batch.",
+                &self.batch_records,
+            ),
+            (
+                "chat_persister_copy_seconds",
+                "Time of one batch's binary COPY (and its insert from staging when it took that path).",
+                &self.copy_seconds,
+            ),
+            (
+                "chat_persister_transaction_seconds",
+                "Time of one batch's whole transaction (COPY, insert, offsets, commit).",
+                &self.transaction_seconds,
+            ),
+            (
+                "chat_persister_lag_seconds",
+                "Per record: from its Kafka timestamp to the commit that stored it in PostgreSQL.",
+                &self.lag_seconds,
+            ),
+        ] {
+            render_histogram(&mut out, name, help, [h]);
+        }
 
         let snapshot = partitions.snapshot();
         let _ = writeln!(
@@ -429,18 +400,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn histogram_is_cumulative() {
-        let h = Histogram::new(&[1.0, 10.0]);
-        h.observe(0.5);
-        h.observe(5.0);
-        h.observe(50.0);
+    fn lag_is_measured_from_the_record_timestamp_to_the_commit() {
+        let m = Metrics::default();
+        let commit = UNIX_EPOCH + Duration::from_millis(10_000);
+        // 3 ms, 40 ms and 20 s old; a timestamp after the commit (clock skew) counts as 0.
+        m.observe_lag(&[9_997, 9_960, -10_000, 10_005], commit);
         let mut out = String::new();
-        h.render(&mut out, "x", "help");
-        assert!(out.contains("x_bucket{le=\"1\"} 1\n"), "{out}");
-        assert!(out.contains("x_bucket{le=\"10\"} 2\n"), "{out}");
-        assert!(out.contains("x_bucket{le=\"+Inf\"} 3\n"), "{out}");
-        assert!(out.contains("x_sum 55.5\n"), "{out}");
-        assert!(out.contains("x_count 3\n"), "{out}");
+        render_histogram(&mut out, "lag", "t", [&m.lag_seconds]);
+        assert!(out.contains("lag_bucket{le=\"0.0001\"} 1\n"), "{out}");
+        assert!(out.contains("lag_bucket{le=\"0.005\"} 2\n"), "{out}");
+        assert!(out.contains("lag_bucket{le=\"0.05\"} 3\n"), "{out}");
+        assert!(out.contains("lag_bucket{le=\"10\"} 3\n"), "{out}");
+        assert!(out.contains("lag_count 4\n"), "{out}");
     }
 
     #[test]

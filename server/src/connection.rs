@@ -397,6 +397,9 @@ pub struct ConnIo {
 struct OutState {
     queue: VecDeque<Bytes>,
     queued_bytes: usize,
+    /// When the queue last went from empty to not empty: the oldest queued frame's wait starts
+    /// no later (read once per burst, not per frame; `chat_outbound_queue_wait_seconds`).
+    waiting_since: Option<Instant>,
     writer: Option<Waker>,
     reader: Option<Waker>,
     /// When we started closing: the close frame is queued and nothing else will be.
@@ -420,6 +423,7 @@ impl ConnIo {
             state: RefCell::new(OutState {
                 queue: VecDeque::new(),
                 queued_bytes: 0,
+                waiting_since: None,
                 writer: None,
                 reader: None,
                 closing_since: None,
@@ -447,6 +451,9 @@ impl ConnIo {
                 "slow consumer: outbound queue full, reconnect and resume",
             );
             return;
+        }
+        if st.queue.is_empty() {
+            st.waiting_since = Some(Instant::now());
         }
         st.queued_bytes += frame.len();
         st.queue.push_back(frame);
@@ -537,6 +544,18 @@ impl ConnIo {
         frames.extend(st.queue.drain(..n));
         let bytes = frames[start..].iter().map(Bytes::len).sum::<usize>();
         st.queued_bytes -= bytes;
+        // What is left keeps the same start: an upper bound of its oldest frame's wait.
+        let since = if st.queue.is_empty() {
+            st.waiting_since.take()
+        } else {
+            st.waiting_since
+        };
+        if let Some(since) = since {
+            let wait = since.elapsed();
+            self.node.metrics.cores[self.core]
+                .outbound_wait
+                .observe(wait);
+        }
         Poll::Ready(Some(bytes))
     }
 

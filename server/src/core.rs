@@ -210,8 +210,8 @@ pub struct LocalRoom {
 #[derive(Default)]
 pub struct ReplyQueue {
     next_ticket: u64,
-    /// `(ticket, reply once known)`, ascending by ticket.
-    slots: VecDeque<(u64, Option<Ready>)>,
+    /// `(ticket, reply once known, when a timed request was read)`, ascending by ticket.
+    slots: VecDeque<(u64, Option<Ready>, Option<Instant>)>,
 }
 
 /// A reply ready to go out.
@@ -232,9 +232,14 @@ pub enum Ready {
 
 impl ReplyQueue {
     pub fn reserve(&mut self) -> u64 {
+        self.reserve_timed(None)
+    }
+
+    /// A ticket whose reply's latency is measured from `read` (sends: `chat_ack_latency_seconds`).
+    pub fn reserve_timed(&mut self, read: Option<Instant>) -> u64 {
         let t = self.next_ticket;
         self.next_ticket += 1;
-        self.slots.push_back((t, None));
+        self.slots.push_back((t, None, read));
         t
     }
 
@@ -255,10 +260,10 @@ impl ReplyQueue {
         }
     }
 
-    fn pop_ready(&mut self) -> Option<(u64, Ready)> {
-        if matches!(self.slots.front(), Some((_, Some(_)))) {
-            let (t, r) = self.slots.pop_front().unwrap();
-            return Some((t, r.unwrap()));
+    fn pop_ready(&mut self) -> Option<(u64, Ready, Option<Instant>)> {
+        if matches!(self.slots.front(), Some((_, Some(_), _))) {
+            let (t, r, read) = self.slots.pop_front().unwrap();
+            return Some((t, r.unwrap(), read));
         }
         None
     }
@@ -429,14 +434,15 @@ impl Core {
         subscribe
     }
 
-    /// Takes the next reply ticket of `conn`: where the owner's answer must go.
-    pub fn ticket(&mut self, conn: ConnId) -> ReplyTo {
+    /// Takes the next reply ticket of `conn`: where the owner's answer must go. With `read`,
+    /// the time from then to the reply going out is recorded in `chat_ack_latency_seconds`.
+    pub fn ticket(&mut self, conn: ConnId, read: Option<Instant>) -> ReplyTo {
         let ticket = self
             .conns
             .get_mut(&conn)
             .expect("live connection")
             .replies
-            .reserve();
+            .reserve_timed(read);
         ReplyTo {
             core: self.id,
             conn,
@@ -581,7 +587,11 @@ impl Core {
         };
         let mut delivered = 0;
         let mut dropped = Vec::new();
-        while let Some((ticket, ready)) = conn.replies.pop_ready() {
+        let counters = &self.node.metrics.cores[self.id];
+        while let Some((ticket, ready, read)) = conn.replies.pop_ready() {
+            if let Some(read) = read {
+                counters.ack_latency.observe(read.elapsed());
+            }
             match ready {
                 Ready::Frames(frames) => frames.into_iter().for_each(|f| conn.io.send(f)),
                 Ready::Start { room, seq, frames } => {

@@ -2,8 +2,10 @@
 //!
 //! Each core writes only its own [`CoreCounters`] (cache-line aligned, relaxed atomics), so
 //! counting never contends; a scrape reads them all and adds the standard process metrics from
-//! `/proc/self`.
+//! `/proc/self`. Latency histograms follow the same rule: one per core (or the bus thread's),
+//! merged into a single series when scraped ([`chat_histogram`]).
 
+use chat_histogram::{render as render_histogram, Histogram};
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
@@ -43,6 +45,10 @@ pub struct CoreCounters {
     /// before their window ended because the window was full (`--dedupe-capacity`).
     pub dedupe_pairs: AtomicU64,
     pub dedupe_evicted_early: AtomicU64,
+    /// From reading a `send`/`dm` to queueing its `ack` (in request order) on the connection.
+    pub ack_latency: Histogram,
+    /// Per `writev`: how long the oldest frame of the batch waited in the outbound queue.
+    pub outbound_wait: Histogram,
 }
 
 pub fn inc(c: &AtomicU64) {
@@ -77,6 +83,18 @@ pub struct BusCounters {
     pub kafka_failed: AtomicU64,
     /// Sends refused with `unavailable` because the Kafka backlog was full.
     pub unavailable: AtomicU64,
+    /// Failed PostgreSQL reads (history/resume past the cache).
+    pub pg_errors: AtomicU64,
+    /// 1 while the Redis links work, 0 after a lost link or a failed publish (gauge).
+    pub redis_up: AtomicU64,
+    /// Messages produced to Kafka and not yet confirmed (gauge).
+    pub kafka_backlog: AtomicU64,
+    /// One pipelined publish round trip (a batch of `EVALSHA`s).
+    pub redis_batch: Histogram,
+    /// From producing a message to Kafka's confirmation.
+    pub kafka_delivery: Histogram,
+    /// One PostgreSQL read for `history` or `resume`.
+    pub pg_read: Histogram,
 }
 
 /// All cores' counters, and the bus's.
@@ -217,7 +235,7 @@ impl Metrics {
             }
         }
         let b = &self.bus;
-        let bus: [(&str, &str, &AtomicU64); 14] = [
+        let bus: [(&str, &str, &AtomicU64); 15] = [
             (
                 "chat_redis_round_trips_total",
                 "Pipelined round trips of the publish step.",
@@ -288,6 +306,11 @@ impl Metrics {
                 "Sends refused because the Kafka backlog was full.",
                 &b.unavailable,
             ),
+            (
+                "chat_postgres_errors_total",
+                "Failed PostgreSQL reads for history or resume.",
+                &b.pg_errors,
+            ),
         ];
         for (name, help, v) in bus {
             let _ = writeln!(
@@ -296,6 +319,9 @@ impl Metrics {
                 v.load(Relaxed)
             );
         }
+        let _ = writeln!(out, "# HELP chat_redis_up 1 while the Redis links work (cluster mode; 0 after a lost link or failed publish).\n# TYPE chat_redis_up gauge\nchat_redis_up {}", b.redis_up.load(Relaxed));
+        let _ = writeln!(out, "# HELP chat_kafka_backlog Messages produced to Kafka and not yet confirmed.\n# TYPE chat_kafka_backlog gauge\nchat_kafka_backlog {}", b.kafka_backlog.load(Relaxed));
+        self.render_histograms(&mut out);
         let _ = writeln!(out, "# HELP chat_draining 1 while the server drains after SIGTERM.\n# TYPE chat_draining gauge\nchat_draining {}", draining as u8);
         let p = process_stats();
         let _ = writeln!(out, "# HELP process_cpu_seconds_total Total user and system CPU time spent in seconds.\n# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total {}", p.cpu_seconds);
@@ -303,6 +329,49 @@ impl Metrics {
         let _ = writeln!(out, "# HELP process_start_time_seconds Start time of the process since unix epoch in seconds.\n# TYPE process_start_time_seconds gauge\nprocess_start_time_seconds {}", p.start_time_seconds);
         let _ = writeln!(out, "# HELP process_threads Number of OS threads in the process.\n# TYPE process_threads gauge\nprocess_threads {}", p.threads);
         out
+    }
+}
+
+impl Metrics {
+    /// The latency histograms: the cores' merged, then the bus thread's.
+    fn render_histograms(&self, out: &mut String) {
+        type PerCore = fn(&CoreCounters) -> &Histogram;
+        let per_core: [(&str, &str, PerCore); 2] = [
+            (
+                "chat_ack_latency_seconds",
+                "From reading a send/dm to queueing its ack, in request order.",
+                |c| &c.ack_latency,
+            ),
+            (
+                "chat_outbound_queue_wait_seconds",
+                "Per socket write: how long its oldest frame waited in the connection's outbound queue.",
+                |c| &c.outbound_wait,
+            ),
+        ];
+        for (name, help, field) in per_core {
+            render_histogram(out, name, help, self.cores.iter().map(field));
+        }
+        let b = &self.bus;
+        let bus: [(&str, &str, &Histogram); 3] = [
+            (
+                "chat_redis_batch_seconds",
+                "One pipelined Redis publish round trip (a batch of sends).",
+                &b.redis_batch,
+            ),
+            (
+                "chat_kafka_delivery_seconds",
+                "From producing a message to Kafka's confirmation (acks=all).",
+                &b.kafka_delivery,
+            ),
+            (
+                "chat_postgres_read_seconds",
+                "One PostgreSQL read for history or resume past the Redis cache.",
+                &b.pg_read,
+            ),
+        ];
+        for (name, help, h) in bus {
+            render_histogram(out, name, help, [h]);
+        }
     }
 }
 
@@ -334,6 +403,7 @@ fn process_stats() -> ProcessStats {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn renders_per_core_series_and_process_metrics() {
@@ -350,5 +420,21 @@ mod tests {
             .unwrap();
         assert!(rss > 1e5, "resident memory is read from /proc: {rss}");
         assert!(text.contains("process_cpu_seconds_total "));
+    }
+
+    #[test]
+    fn histograms_merge_the_cores_into_one_series() {
+        let m = Metrics::new(3);
+        m.cores[0].ack_latency.observe(Duration::from_micros(300));
+        m.cores[2].ack_latency.observe(Duration::from_millis(30));
+        m.bus.kafka_delivery.observe(Duration::from_millis(2));
+        let text = m.render(false);
+        assert!(text.contains("# TYPE chat_ack_latency_seconds histogram\n"));
+        assert!(text.contains("chat_ack_latency_seconds_bucket{le=\"0.0005\"} 1\n"));
+        assert!(text.contains("chat_ack_latency_seconds_bucket{le=\"0.05\"} 2\n"));
+        assert!(text.contains("chat_ack_latency_seconds_count 2\n"));
+        assert!(text.contains("chat_kafka_delivery_seconds_bucket{le=\"0.0025\"} 1\n"));
+        assert!(text.contains("chat_outbound_queue_wait_seconds_count 0\n"));
+        assert!(text.contains("chat_redis_up 0\n"));
     }
 }

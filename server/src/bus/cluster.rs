@@ -37,6 +37,7 @@ use futures_util::FutureExt;
 use redis::{PushInfo, PushKind, RedisResult, Value};
 use std::cell::RefCell;
 use std::rc::Rc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -270,7 +271,11 @@ impl Bus {
             }
         };
         tracing::info!(cluster = redis.is_cluster(), redis = %cfg.redis.join(","), "Redis ready");
-        let pg = cfg.postgres.as_deref().map(PgStore::new);
+        node.metrics.bus.redis_up.store(1, Relaxed);
+        let pg = cfg
+            .postgres
+            .as_deref()
+            .map(|url| PgStore::new(url, node.clone()));
         Ok(Rc::new(Bus {
             id_prefix: format!("{:016x}-", node.node_id),
             node,
@@ -552,7 +557,13 @@ impl Bus {
                     })
                     .collect()
             };
-            match self.run_retrying(&cmds).await {
+            let sent = std::time::Instant::now();
+            let result = self.run_retrying(&cmds).await;
+            if result.is_ok() {
+                metrics.redis_batch.observe(sent.elapsed());
+                metrics.redis_up.store(1, Relaxed);
+            }
+            match result {
                 Ok(answers) if answers.iter().any(is_missing_seq) => {
                     // New rooms, or Redis lost its data: continue from what PostgreSQL holds.
                     // Everything else in the batch ran; run again, it answers from the dedupe
@@ -591,6 +602,7 @@ impl Bus {
                 }
                 Ok(answers) => break answers,
                 Err(e) => {
+                    metrics.redis_up.store(0, Relaxed);
                     tracing::error!(error = %e, count = requests.len(), "Redis unavailable; refusing sends");
                     let msgs = requests
                         .iter()
@@ -659,6 +671,9 @@ impl Bus {
                 tracing::warn!(error = %e, "publishing confirmed messages failed; receivers fill the gap");
             }
         }
+        if let Some(k) = &self.kafka {
+            metrics.kafka_backlog.store(k.in_flight() as u64, Relaxed);
+        }
         match &self.kafka {
             None => {
                 let acks = accepted.iter().map(ack_msg).collect();
@@ -683,8 +698,9 @@ impl Bus {
             .zip(deliveries)
             .map(|(a, d)| async move { (a, d.wait().await) })
             .collect();
-        let answer = |(a, result): (Accepted, Result<(), String>)| match result {
-            Ok(()) => {
+        let answer = |(a, result): (Accepted, Result<Duration, String>)| match result {
+            Ok(took) => {
+                metrics.kafka_delivery.observe(took);
                 inc(&metrics.kafka_delivered);
                 ack_msg(&a)
             }
@@ -702,6 +718,9 @@ impl Bus {
             let mut out = vec![answer(first)];
             while let Some(Some(more)) = pending.next().now_or_never() {
                 out.push(answer(more));
+            }
+            if let Some(k) = &self.kafka {
+                metrics.kafka_backlog.store(k.in_flight() as u64, Relaxed);
             }
             self.send(core, out);
         }
@@ -1206,6 +1225,7 @@ impl Bus {
             }
             PushKind::Disconnection => {
                 inc(&self.node.metrics.bus.redis_disconnects);
+                self.node.metrics.bus.redis_up.store(0, Relaxed);
                 tracing::warn!("Redis link lost; will compare rooms with Redis once it is back");
                 let start = !std::mem::replace(&mut self.state.borrow_mut().resync_pending, true);
                 if start {
@@ -1317,6 +1337,7 @@ impl Bus {
             match self.redis().run_with(&cmds, self.confirm()).await {
                 Ok(answers) if !answers.iter().any(unreplicated) => {
                     self.state.borrow_mut().resync_pending = false;
+                    self.node.metrics.bus.redis_up.store(1, Relaxed);
                     for ((room, last), answer) in rooms.into_iter().zip(answers) {
                         let latest = answer.map(|v| value_u64(&v)).unwrap_or(0);
                         let start = {

@@ -11,7 +11,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use std::cell::Cell;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Settings of the producer.
 #[derive(Debug, Clone)]
@@ -37,6 +37,7 @@ pub struct KafkaLog {
 /// One record on its way: resolves to `Ok` once the broker has it.
 pub struct Delivery {
     future: Option<DeliveryFuture>,
+    produced: Instant,
     in_flight: Rc<Cell<usize>>,
     failed: Option<String>,
 }
@@ -67,6 +68,11 @@ impl KafkaLog {
         })
     }
 
+    /// Records produced and not yet confirmed or given up.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.get()
+    }
+
     /// Whether `more` records fit in the backlog now.
     pub fn has_room(&self, more: usize) -> bool {
         self.in_flight.get() + more <= self.backlog
@@ -76,14 +82,17 @@ impl KafkaLog {
     pub fn produce(&self, room: &str, msg: &[u8]) -> Delivery {
         let record = FutureRecord::to(&self.topic).key(room).payload(msg);
         self.in_flight.set(self.in_flight.get() + 1);
+        let produced = Instant::now();
         match self.producer.send_result(record) {
             Ok(future) => Delivery {
                 future: Some(future),
+                produced,
                 in_flight: self.in_flight.clone(),
                 failed: None,
             },
             Err((e, _)) => Delivery {
                 future: None,
+                produced,
                 in_flight: self.in_flight.clone(),
                 failed: Some(e.to_string()),
             },
@@ -111,12 +120,12 @@ impl KafkaLog {
 }
 
 impl Delivery {
-    /// `Ok` once the broker has the record; the error text otherwise.
-    pub async fn wait(mut self) -> Result<(), String> {
+    /// How long the broker took, once it has the record; the error text otherwise.
+    pub async fn wait(mut self) -> Result<Duration, String> {
         let result = match self.future.take() {
             None => Err(self.failed.take().unwrap_or_default()),
             Some(f) => match f.await {
-                Ok(Ok(_)) => Ok(()),
+                Ok(Ok(_)) => Ok(self.produced.elapsed()),
                 Ok(Err((e, _))) => Err(e.to_string()),
                 Err(_) => Err("producer dropped the record".into()),
             },

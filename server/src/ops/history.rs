@@ -20,7 +20,7 @@ pub fn apply(
     limit: u32,
 ) -> Result<(), RequestError> {
     super::is_own_dm(room, &core.conns[&conn].user)?;
-    let reply = core.ticket(conn);
+    let reply = core.ticket(conn, None);
     let kind = FetchKind::History { before, limit };
     core.ask_owner(
         room,

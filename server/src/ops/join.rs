@@ -14,7 +14,7 @@ use chat_wire::protocol::RequestError;
 pub fn apply(core: &mut Core, conn: ConnId, room: &str) -> Result<(), RequestError> {
     let own_dm = super::is_own_dm(room, &core.conns[&conn].user)?;
     let room: Name = room.into();
-    let reply = core.ticket(conn);
+    let reply = core.ticket(conn, None);
     let subscribe = if own_dm || core.conns[&conn].rooms.contains_key(&room) {
         false
     } else {

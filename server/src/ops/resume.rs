@@ -17,7 +17,7 @@ use chat_wire::protocol::RequestError;
 pub fn apply(core: &mut Core, conn: ConnId, room: &str, after: u64) -> Result<(), RequestError> {
     let own_dm = super::is_own_dm(room, &core.conns[&conn].user)?;
     let room: Name = room.into();
-    let reply = core.ticket(conn);
+    let reply = core.ticket(conn, None);
     let kind = FetchKind::Resume { after };
     let mut subscribe = false;
     if own_dm {

@@ -59,7 +59,8 @@ pub fn publish(
     let cfg = &core.node.config;
     let (rate, burst) = (cfg.rate_limit, cfg.rate_burst);
     let c = core.conns.get_mut(&conn).unwrap();
-    if !c.rate.take(rate, burst, Instant::now()) {
+    let now = Instant::now();
+    if !c.rate.take(rate, burst, now) {
         return Err(RequestError::new(
             ErrorCode::RateLimited,
             format!("over {rate} messages per second"),
@@ -67,7 +68,7 @@ pub fn publish(
         .with_cid(Some(cid)));
     }
     let from = c.user.clone();
-    let reply = core.ticket(conn);
+    let reply = core.ticket(conn, Some(now));
     let ts = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);

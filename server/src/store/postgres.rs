@@ -5,23 +5,30 @@
 //! turned back into the exact `msg` JSON the cache and Kafka carry, so a client cannot tell
 //! where a message came from. A dropped connection is reopened on the next query.
 
+use crate::metrics::inc;
+use crate::node::Node;
 use bytes::BytesMut;
 use chat_wire::protocol::Msg;
 use std::cell::RefCell;
 use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Instant;
 use tokio_postgres::{Client, NoTls, Row};
 
 pub struct PgStore {
     url: String,
+    /// Where reads are timed (`chat_postgres_read_seconds`) and failures counted.
+    node: Arc<Node>,
     client: RefCell<Option<Rc<Client>>>,
 }
 
 const COLUMNS: &str = "room, seq, id, sender, body, (extract(epoch from sent_at) * 1000)::int8 AS ts, coalesce(cid, '') AS cid";
 
 impl PgStore {
-    pub fn new(url: &str) -> PgStore {
+    pub fn new(url: &str, node: Arc<Node>) -> PgStore {
         PgStore {
             url: url.to_string(),
+            node,
             client: RefCell::new(None),
         }
     }
@@ -48,10 +55,19 @@ impl PgStore {
         sql: &str,
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<Vec<Row>, String> {
-        let client = self.client().await?;
+        let metrics = &self.node.metrics.bus;
+        let started = Instant::now();
+        let client = self
+            .client()
+            .await
+            .inspect_err(|_| inc(&metrics.pg_errors))?;
         match client.query(sql, params).await {
-            Ok(rows) => Ok(rows),
+            Ok(rows) => {
+                metrics.pg_read.observe(started.elapsed());
+                Ok(rows)
+            }
             Err(e) => {
+                inc(&metrics.pg_errors);
                 *self.client.borrow_mut() = None;
                 Err(format!("PostgreSQL: {e}"))
             }
