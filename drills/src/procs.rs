@@ -258,6 +258,13 @@ impl Persister {
         self.child.as_ref().map(|c| c.id())
     }
 
+    /// How it ended, when it exited on its own (it is then reaped: [`Persister::restart`] works).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        let status = self.child.as_mut()?.try_wait().ok()??;
+        self.child = None;
+        Some(status)
+    }
+
     /// SIGKILL (a crash), then reaps it.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {

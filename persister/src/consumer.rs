@@ -54,6 +54,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
+/// Whether an outage of every broker makes the polling thread check each partition's log
+/// (`position::recheck`). Off: with tansu 0.6 the seek/watermark calls it makes while the broker
+/// comes back crashed librdkafka (SIGSEGV, drill topic-recreated); a recreated log is then
+/// caught by the watermark check instead (`refresh_watermarks`: a high watermark below the
+/// stored offset makes the member rejoin, and the assignment reads the new log from its start).
+const RECHECK_AFTER_OUTAGE: bool = false;
+
 /// Longest single `poll` wait, so that a stop request is seen quickly.
 const POLL_MAX: Duration = Duration::from_millis(100);
 /// Poll wait while a due batch waits for the writer to take it.
@@ -111,6 +118,15 @@ pub fn run(
     let mut recheck_due: Option<Instant> = None;
     while !stop.load(Ordering::Relaxed) {
         idle.check(&consumer, &partitions, &metrics);
+        if partitions.take_beyond_end() {
+            // The log was replaced under us (a stored offset past its end, twice in a row):
+            // join the group again, and the new assignment reads it from its start.
+            tracing::error!("a stored offset lies past its partition's end: the log was replaced; joining the group again");
+            consumer.unsubscribe();
+            if let Err(e) = consumer.subscribe(&[partitions.topic()]) {
+                tracing::error!(error = %e, "subscribe failed");
+            }
+        }
         if recheck_due.is_some_and(|due| Instant::now() >= due) {
             recheck_due = position::recheck(&consumer, &partitions, &mut continuity, &metrics)
                 .then(|| Instant::now() + Duration::from_millis(500));
@@ -159,6 +175,17 @@ pub fn run(
                         position::replaced(&consumer, &partitions, partition, at, offset, &metrics);
                         continue;
                     }
+                    Seen::Unverified { at } => {
+                        position::unverified(
+                            &consumer,
+                            &partitions,
+                            partition,
+                            at,
+                            offset,
+                            &metrics,
+                        );
+                        continue;
+                    }
                     Seen::Gap { want } => {
                         metrics.add(&metrics.skipped_offsets, (offset - want) as u64);
                         gaps.log_gap(partition, want, offset);
@@ -180,7 +207,7 @@ pub fn run(
             }
             Some(Err(e)) => {
                 metrics.inc(&metrics.kafka_errors);
-                if position::all_brokers_down(&e) && recheck_due.is_none() {
+                if RECHECK_AFTER_OUTAGE && position::all_brokers_down(&e) && recheck_due.is_none() {
                     recheck_due = Some(Instant::now() + Duration::from_millis(500));
                 }
                 errors.log(&e);
@@ -262,14 +289,22 @@ pub async fn refresh_watermarks(
         let owned: Vec<i32> = partitions.snapshot().iter().map(|(p, _)| *p).collect();
         let (c, parts, halt) = (consumer.clone(), partitions.clone(), stop.clone());
         let _ = tokio::task::spawn_blocking(move || {
+            let mut beyond = false;
             for p in owned {
                 if halt.load(Ordering::Relaxed) {
                     break;
                 }
                 if let Ok((low, high)) = c.fetch_watermarks(parts.topic(), p, WATERMARK_TIMEOUT) {
                     parts.set_watermarks(p, low, high);
+                    let stored = parts
+                        .snapshot()
+                        .iter()
+                        .find(|(q, _)| *q == p)
+                        .and_then(|(_, s)| s.stored);
+                    beyond |= stored.is_some_and(|s| s > high);
                 }
             }
+            parts.saw_beyond_end(beyond);
         })
         .await;
         tokio::time::sleep(every).await;

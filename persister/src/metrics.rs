@@ -46,6 +46,8 @@ pub struct Metrics {
     pub offsets_reset_backwards: AtomicU64,
     /// Partitions whose log turned out to be another one than the stored offset's.
     pub offsets_replaced: AtomicU64,
+    /// Partitions read again from the start because the checked record was not delivered.
+    pub offsets_unverified: AtomicU64,
     /// Direct COPYs that met a duplicate and went through the staging table instead.
     pub copy_fallbacks: AtomicU64,
     pub batch_records: Histogram,
@@ -74,6 +76,7 @@ impl Default for Metrics {
             offsets_behind: AtomicU64::new(0),
             offsets_reset_backwards: AtomicU64::new(0),
             offsets_replaced: AtomicU64::new(0),
+            offsets_unverified: AtomicU64::new(0),
             copy_fallbacks: AtomicU64::new(0),
             batch_records: Histogram::new(BATCH_SIZE_BOUNDS, 1.0),
             copy_seconds: Histogram::latency(),
@@ -181,11 +184,13 @@ impl Metrics {
              chat_persister_offsets_out_of_range_total{{case=\"ahead\"}} {}\n\
              chat_persister_offsets_out_of_range_total{{case=\"behind\"}} {}\n\
              chat_persister_offsets_out_of_range_total{{case=\"reset\"}} {}\n\
-             chat_persister_offsets_out_of_range_total{{case=\"replaced\"}} {}",
+             chat_persister_offsets_out_of_range_total{{case=\"replaced\"}} {}\n\
+             chat_persister_offsets_out_of_range_total{{case=\"unverified\"}} {}",
             self.offsets_ahead.load(Relaxed),
             self.offsets_behind.load(Relaxed),
             self.offsets_reset_backwards.load(Relaxed),
             self.offsets_replaced.load(Relaxed),
+            self.offsets_unverified.load(Relaxed),
         );
         counter(
             &mut out,

@@ -52,6 +52,9 @@ pub struct Partitions {
     owned: Mutex<BTreeMap<i32, PartitionState>>,
     /// Bumped by every assignment change (the polling thread resets its offset checks).
     generation: AtomicU64,
+    /// Watermark refreshes in a row that saw a stored offset past its partition's end (the log
+    /// was replaced under a running persister); at 2 the polling thread rejoins the group.
+    beyond_end: AtomicU64,
 }
 
 impl Partitions {
@@ -60,6 +63,7 @@ impl Partitions {
             topic: topic.to_string(),
             owned: Mutex::new(BTreeMap::new()),
             generation: AtomicU64::new(0),
+            beyond_end: AtomicU64::new(0),
         }
     }
 
@@ -122,6 +126,24 @@ impl Partitions {
         if let Some(s) = self.lock().get_mut(&partition) {
             s.low = Some(low);
             s.high = Some(high);
+        }
+    }
+
+    /// A watermark refresh's verdict: did any owned partition's stored offset lie past its
+    /// high watermark?
+    pub(crate) fn saw_beyond_end(&self, beyond: bool) {
+        if beyond {
+            self.beyond_end.fetch_add(1, Ordering::AcqRel);
+        } else {
+            self.beyond_end.store(0, Ordering::Release);
+        }
+    }
+
+    /// True once two refreshes in a row saw a stored offset past the end (then resets).
+    pub(crate) fn take_beyond_end(&self) -> bool {
+        self.beyond_end.load(Ordering::Acquire) >= 2 && {
+            self.beyond_end.store(0, Ordering::Release);
+            true
         }
     }
 
@@ -421,11 +443,39 @@ pub(crate) fn replaced(
         topic = %partitions.topic(), partition, expected_record = expected, found,
         "the partition's log was replaced (the topic was recreated or the broker replaced): the record before the stored offset is not the one persisted; reading the partition again from its beginning"
     );
-    let low = match consumer.fetch_watermarks(partitions.topic(), partition, WATERMARK_TIMEOUT) {
+    consumer
+        .context()
+        .rebase(partition, low_of(consumer, partitions, partition));
+    from_low(consumer, partitions, partition);
+}
+
+/// The checked record was not delivered ([`crate::start_offset::Seen::Unverified`]): read the partition again
+/// from its beginning (harmless: rows are unique by `(room, seq)`), keeping the stored offset.
+pub(crate) fn unverified(
+    consumer: &Kafka,
+    partitions: &Partitions,
+    partition: i32,
+    expected: i64,
+    found: i64,
+    metrics: &Metrics,
+) {
+    metrics.inc(&metrics.offsets_unverified);
+    tracing::warn!(
+        topic = %partitions.topic(), partition, expected_record = expected, found,
+        "the broker did not deliver the record before the stored offset, so the log cannot be checked; reading the partition again from its beginning (never skipping a record)"
+    );
+    from_low(consumer, partitions, partition);
+}
+
+fn low_of(consumer: &Kafka, partitions: &Partitions, partition: i32) -> i64 {
+    match consumer.fetch_watermarks(partitions.topic(), partition, WATERMARK_TIMEOUT) {
         Ok((low, _)) => low,
         Err(_) => 0,
-    };
-    consumer.context().rebase(partition, low);
+    }
+}
+
+fn from_low(consumer: &Kafka, partitions: &Partitions, partition: i32) {
+    let low = low_of(consumer, partitions, partition);
     if let Err(e) = consumer.seek(
         partitions.topic(),
         partition,

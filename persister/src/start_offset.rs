@@ -170,6 +170,10 @@ pub enum Seen {
     /// The record where a checked one should be is another one: the log was replaced. Read
     /// the partition again from its beginning.
     Replaced { at: i64 },
+    /// The broker did not deliver the checked record but later ones (tansu 0.6 answers a
+    /// fetch from inside a record batch with the batches after it): the log cannot be
+    /// verified, so it is read again from its beginning, never skipped.
+    Unverified { at: i64 },
     /// Records were skipped (deleted by retention, or transaction markers): gather it.
     Gap { want: i64 },
     /// Offsets went backwards without a check pending (librdkafka reset a running consumer to
@@ -216,6 +220,9 @@ impl Continuity {
         if let Some((at, want)) = self.checks.remove(&partition) {
             return if offset == at && hash == want {
                 Seen::Confirmed
+            } else if offset > at {
+                self.last.remove(&partition);
+                Seen::Unverified { at }
             } else {
                 self.last.remove(&partition);
                 Seen::Replaced { at }
@@ -308,9 +315,9 @@ mod tests {
         assert_eq!(c.on_record(1, 0, a), Seen::Take);
         assert_eq!(c.on_record(1, 3, a), Seen::Gap { want: 1 });
         assert_eq!(c.on_record(1, 0, a), Seen::Backwards { want: 4 });
-        // A check record that is missing (the log starts later) is a replaced log too.
+        // A check record that is not delivered (later ones are) cannot be verified.
         c.assigned([(2, Some(9), Some((9, 1)))]);
-        assert_eq!(c.on_record(2, 12, a), Seen::Replaced { at: 9 });
+        assert_eq!(c.on_record(2, 12, a), Seen::Unverified { at: 9 });
     }
 
     #[test]
