@@ -75,6 +75,10 @@ pub struct Scenario {
     pub stalled: usize,
     /// Seconds after the start at which the `stalled` connections stop reading.
     pub stall_at: f64,
+    /// The servers' protocol: ours, or a peer's (`peers/`).
+    pub protocol: crate::proto::Protocol,
+    /// The Pusher app (`--protocol pusher`).
+    pub pusher_app: crate::proto::pusher::App,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -113,6 +117,8 @@ impl Default for Scenario {
             record_acks: false,
             stalled: 0,
             stall_at: 0.0,
+            protocol: crate::proto::Protocol::Chat,
+            pusher_app: crate::proto::pusher::App::default(),
         }
     }
 }
@@ -202,6 +208,12 @@ pub struct ScenarioArgs {
     /// Seconds after the start at which the --stalled connections stop reading.
     #[arg(long)]
     pub stall_at: Option<f64>,
+    /// The servers' protocol: chat (PROTOCOL.md), socketio or pusher (see peers/README.md).
+    #[arg(long, value_enum)]
+    pub protocol: Option<crate::proto::Protocol>,
+    /// Pusher app credentials, ID:KEY:SECRET (default: the app peers/peer.sh configures).
+    #[arg(long)]
+    pub pusher_app: Option<String>,
 }
 
 impl ScenarioArgs {
@@ -238,6 +250,12 @@ impl ScenarioArgs {
             stall_at
         );
         s.reconnect |= self.reconnect;
+        if let Some(p) = self.protocol {
+            s.protocol = p;
+        }
+        if let Some(a) = &self.pusher_app {
+            s.pusher_app = crate::proto::pusher::App::parse(a)?;
+        }
         s.record_acks |= self.record_acks;
         if let Some(u) = &self.url {
             s.urls = u.clone();
@@ -323,6 +341,7 @@ impl Scenario {
         if self.stall_at < 0.0 || !self.stall_at.is_finite() {
             return bad("stall_at must be >= 0".into());
         }
+        self.protocol.validate(self)?;
         if self.body > 16 * 1024 {
             return bad("body is limited to 16 KiB by the protocol".into());
         }
