@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """The table and charts of results/peers/ (scripts/results-peers.sh writes the runs).
 
-Reads OUT/<system>/rate-<R>/round-<N>/{result.json,cpu.json}, OUT/<system>/sweep/sweep.json and
+Reads OUT/<system>/rate-<R>/round-<N>/result.json (server CPU from /proc of every process of
+the system, Redis CPU from its pid, both over the load run after setup, per delivery), OUT/<system>/sweep/sweep.json and
 OUT/<system>/idle/idle.json; writes OUT/summary.json, the block between the markers of
 OUT/README.md (created when missing) and OUT/cpu-<R>.svg, OUT/p99-<R>.svg. Medians over the
 rounds, with the spread (min-max); ratios are "the system / ours (2 nodes)", so 2.0x means the
@@ -37,16 +38,15 @@ def runs(out, system, rate):
     d = out / system / f"rate-{rate}"
     found = []
     for r in sorted(d.glob("round-*")) if d.is_dir() else []:
-        res, cpu = load(r / "result.json"), load(r / "cpu.json")
-        if not res or not cpu:
+        res = load(r / "result.json")
+        if not res or res.get("server_cpu_us_per_delivered") is None:
             continue
         c = res["counters"]
-        delivered = max(c["delivered"], 1)
         lat = res["latency"]["delivery"]
         found.append({
             "round": r.name,
-            "server_us": cpu["server_cpu_seconds"] * 1e6 / delivered,
-            "redis_us": cpu["redis_cpu_seconds"] * 1e6 / delivered,
+            "server_us": res["server_cpu_us_per_delivered"],
+            "redis_us": res.get("redis_cpu_us_per_delivered") or 0.0,
             "p50": lat["p50_ms"], "p99": lat["p99_ms"], "p999": lat["p99_9_ms"],
             "delivered": c["delivered"], "expected": c["expected_deliveries"],
             "lost": c["lost"], "duplicated": c["duplicated"], "reordered": c["reordered"],

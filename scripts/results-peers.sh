@@ -15,7 +15,8 @@
 # Environment: PEERS_SYSTEMS (default: ours ours-single socketio sockudo nodews naive),
 # PEERS_ROUNDS (3), PEERS_RATES ("400 4000"), PEERS_WARMUP (2), PEERS_DURATION (10),
 # PEERS_SWEEP_RATES (400,1000,2000,3000,4000,6000,8000,10000; empty: no sweep), PEERS_SWEEP_DURATION
-# (5), PEERS_IDLE (10000; 0: skip), RESULTS_OUT (results) -> OUT/peers/.
+# (5), PEERS_IDLE (10000; 0: skip), RESULTS_OUT (results) -> OUT/peers/, PEERS_LOADGEN (a
+# prebuilt loadgen: skips the build).
 # Installs what is missing (peers/peer.sh install: Sockudo compiles for 8-15 minutes once).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,7 +32,7 @@ idle_n=${PEERS_IDLE:-10000}
 out=${RESULTS_OUT:-results}/peers
 target_dir=${CARGO_TARGET_DIR:-target}
 case "$target_dir" in /*) ;; *) target_dir=$root/$target_dir ;; esac
-lg=$target_dir/release/loadgen
+lg=${PEERS_LOADGEN:-$target_dir/release/loadgen}
 logs=.run/results-logs/peers
 redis_host=127.0.0.1 redis_port=6379
 
@@ -40,8 +41,10 @@ die() { echo "results-peers: error: $*" >&2; exit 1; }
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 mkdir -p "$out" "$logs"
 
-say "cargo build --release -p chat-server -p loadgen"
-cargo build --release -p chat-server -p loadgen || die "build failed"
+if [ -z "${PEERS_LOADGEN:-}" ]; then
+  say "cargo build --release -p chat-server -p loadgen"
+  cargo build --release -p chat-server -p loadgen || die "build failed"
+fi
 for s in $systems; do
   t0=$SECONDS
   peers/peer.sh install "$s" || die "installing $s failed"
@@ -51,16 +54,6 @@ done
 redis_pid=$(redis-cli -h $redis_host -p $redis_port info server 2>/dev/null | sed -n 's/^process_id:\([0-9]*\).*/\1/p')
 [ -n "$redis_pid" ] || die "no Redis on $redis_host:$redis_port (scripts/services.sh starts one)"
 
-# CPU seconds (user + system, all threads) of the given processes.
-cpu_s() {
-  local tck pid total=0
-  tck=$(getconf CLK_TCK)
-  for pid in "$@"; do
-    [ -r "/proc/$pid/stat" ] || continue
-    total=$((total + $(sed 's/.*) //' "/proc/$pid/stat" | awk '{print $12 + $13}')))
-  done
-  awk -v t="$total" -v h="$tck" 'BEGIN {printf "%.3f", t / h}'
-}
 rss_kb() {
   local pid total=0
   for pid in "$@"; do
@@ -76,25 +69,21 @@ trap 'exit 130' INT TERM
 start() { current=$1; peers/peer.sh start "$1" >/dev/null; sleep 1; }
 stop() { peers/peer.sh stop "$1"; current=""; }
 
-# One loadgen run against the running system $1 at rate $2 into $3/, with cpu.json beside it.
+# The running system's processes, comma-separated (loadgen --server-pids: CPU from /proc,
+# read by the load generator right after its connections are set up and after the drain).
+pid_list() { peers/peer.sh pids "$1" | tr ' ' ','; }
+
+# One loadgen run against the running system $1 at rate $2 into $3/.
 measure() {
-  local s=$1 rate=$2 dir=$3 pids c0 r0 c1 r1 t0 status=0
-  read -ra pids <<<"$(peers/peer.sh pids "$s")"
+  local s=$1 rate=$2 dir=$3
   rm -rf "$dir"
   mkdir -p "$(dirname "$dir")"
-  c0=$(cpu_s "${pids[@]}") r0=$(cpu_s "$redis_pid") t0=$(date +%s.%N)
   "$lg" run --url "$(peers/peer.sh urls "$s")" --protocol "$(peers/peer.sh protocol "$s")" \
+    --server-pids "$(pid_list "$s")" --redis-pid "$redis_pid" \
     --connections 1000 --rooms 100 --members 10 --senders 100 --body 100 --rate "$rate" \
     --warmup "$warmup" --duration "$duration" --results-dir "$(dirname "$dir")" \
-    --name "$(basename "$dir")" --no-plots --no-progress >"$logs/last-run.out" 2>&1 || status=$?
-  c1=$(cpu_s "${pids[@]}") r1=$(cpu_s "$redis_pid")
-  cat >"$dir/cpu.json" <<EOF
-{"system": "$s", "rate": $rate, "server_cpu_seconds": $(awk -v a="$c0" -v b="$c1" 'BEGIN {print b - a}'),
- "redis_cpu_seconds": $(awk -v a="$r0" -v b="$r1" 'BEGIN {print b - a}'),
- "wall_seconds": $(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN {print b - a}'),
- "processes": ${#pids[@]}, "loadgen_exit": $status}
-EOF
-  say "$s @ $rate msg/s: $(sed -n 4p "$logs/last-run.out")"
+    --name "$(basename "$dir")" --no-plots --no-progress >"$logs/last-run.out" 2>&1 || true
+  say "$s @ $rate msg/s: $(sed -n 4p "$logs/last-run.out") | $(grep '^server CPU' "$logs/last-run.out")"
 }
 
 for round in $(seq "$rounds"); do
@@ -112,9 +101,9 @@ if [ -n "$sweep_rates" ]; then
     start "$s"
     rm -rf "$out/$s/sweep"
     "$lg" sweep --url "$(peers/peer.sh urls "$s")" --protocol "$(peers/peer.sh protocol "$s")" \
-      --connections 1000 --rooms 100 --members 10 --senders 100 --body 100 \
+      --server-pids "$(pid_list "$s")" --redis-pid "$redis_pid" --connections 1000 --rooms 100 --members 10 --senders 100 --body 100 \
       --rates "$sweep_rates" --p99-ms 10 --retries 1 --warmup 1 --duration "$sweep_duration" \
-      --results-dir "$out/$s" --name sweep --no-plots --no-progress >"$logs/sweep-$s.out" 2>&1 || true
+      --results-dir "$out/$s" --name sweep --no-progress >"$logs/sweep-$s.out" 2>&1 || true
     stop "$s"
   done
 fi

@@ -79,6 +79,10 @@ pub struct Scenario {
     pub protocol: crate::proto::Protocol,
     /// The Pusher app (`--protocol pusher`).
     pub pusher_app: crate::proto::pusher::App,
+    /// Server CPU from these processes' `/proc/PID/stat` instead of each node's `/metrics`.
+    pub server_pids: Vec<u32>,
+    /// Redis's pid: its CPU over the run is reported too.
+    pub redis_pid: Option<u32>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -119,6 +123,8 @@ impl Default for Scenario {
             stall_at: 0.0,
             protocol: crate::proto::Protocol::Chat,
             pusher_app: crate::proto::pusher::App::default(),
+            server_pids: Vec::new(),
+            redis_pid: None,
         }
     }
 }
@@ -214,6 +220,12 @@ pub struct ScenarioArgs {
     /// Pusher app credentials, ID:KEY:SECRET (default: the app peers/peer.sh configures).
     #[arg(long)]
     pub pusher_app: Option<String>,
+    /// Measure server CPU from these local processes (/proc) instead of each node's /metrics.
+    #[arg(long, value_delimiter = ',')]
+    pub server_pids: Option<Vec<u32>>,
+    /// Also report this local Redis process's CPU per delivery.
+    #[arg(long)]
+    pub redis_pid: Option<u32>,
 }
 
 impl ScenarioArgs {
@@ -250,6 +262,10 @@ impl ScenarioArgs {
             stall_at
         );
         s.reconnect |= self.reconnect;
+        if let Some(p) = &self.server_pids {
+            s.server_pids = p.clone();
+        }
+        s.redis_pid = self.redis_pid.or(s.redis_pid);
         if let Some(p) = self.protocol {
             s.protocol = p;
         }

@@ -16,13 +16,16 @@ use tokio_tungstenite::tungstenite::Message;
 /// Room and cid of a request, owned (they outlive the request's buffer).
 type Ids = (Vec<u8>, Vec<u8>);
 
+/// Reads the room and cid out of a request (e.g. [`super::pusher::request_ids`]).
+pub type IdsOf = fn(&[u8]) -> Option<(&[u8], &[u8])>;
+
 /// Publishes every request of `messages` (binary messages holding whole HTTP requests) on one
 /// connection to `addr`; `ids` reads a request's room and cid, `on_reply` gets the ack or
 /// error of each, `on_error` a connection failure (after which nothing more is answered).
 pub async fn run<K>(
     addr: SocketAddr,
     mut messages: UnboundedReceiver<(K, Message)>,
-    ids: fn(&[u8]) -> Option<(&[u8], &[u8])>,
+    ids: IdsOf,
     on_reply: impl Fn(ServerMsg<'_>, Instant),
     on_error: impl Fn(String),
 ) {
