@@ -262,7 +262,7 @@ def peers_rows(out):
             rows.append(
                 f"| ours (2 nodes on Redis) vs the peers at {num(rate)} msg/s: server + Redis CPU per delivery, peer ÷ ours "
                 f"| {num(ours['server_us_median'] + ours['redis_us_median'], 1)} µs for ours; " + ", ".join(parts)
-                + " | median of interleaved rounds, each peer on 2 nodes on the same Redis, [peers](peers/README.md) |")
+                + " | median of the rounds, each on 2 nodes on the same Redis; how they ran and what is noise: [peers](peers/README.md) |")
     return rows
 
 
