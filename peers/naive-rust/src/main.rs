@@ -39,7 +39,9 @@ struct Request_ {
 async fn main() {
     let mut args = std::env::args().skip(1);
     let listen = args.next().unwrap_or_else(|| "127.0.0.1:9121".into());
-    let redis_url = args.next().unwrap_or_else(|| "redis://127.0.0.1:6379".into());
+    let redis_url = args
+        .next()
+        .unwrap_or_else(|| "redis://127.0.0.1:6379".into());
     let client = redis::Client::open(redis_url).expect("redis url");
     let redis = client
         .get_multiplexed_async_connection()
