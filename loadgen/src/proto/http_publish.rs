@@ -1,11 +1,12 @@
 //! The write side of a sender whose messages are published over HTTP (Pusher's events API):
-//! one keep-alive HTTP/1.1 connection, requests written as they are due (pipelined: the open
-//! model must not wait for the previous answer), responses read in order and handed to the
-//! engine as the protocol's ack (`200`) or error (any other status) for the matching message.
+//! every request on its own connection, sent as soon as it is due (the open model must not
+//! wait for the previous answer; Sockudo answers `connection: close`, so a connection carries
+//! one request anyway), its response handed to the engine as the protocol's ack (`200`) or
+//! error (any other status) for that message.
 
 use crate::client::{Kind, ServerMsg};
-use std::cell::RefCell;
-use std::collections::VecDeque;
+use futures_util::stream::FuturesUnordered;
+use futures_util::StreamExt;
 use std::net::SocketAddr;
 use std::time::Instant;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -13,15 +14,12 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_tungstenite::tungstenite::Message;
 
-/// Room and cid of a request, owned (they outlive the request's buffer).
-type Ids = (Vec<u8>, Vec<u8>);
-
 /// Reads the room and cid out of a request (e.g. [`super::pusher::request_ids`]).
 pub type IdsOf = fn(&[u8]) -> Option<(&[u8], &[u8])>;
 
-/// Publishes every request of `messages` (binary messages holding whole HTTP requests) on one
-/// connection to `addr`; `ids` reads a request's room and cid, `on_reply` gets the ack or
-/// error of each, `on_error` a connection failure (after which nothing more is answered).
+/// Publishes every request of `messages` (binary messages holding whole HTTP requests) to
+/// `addr`; `ids` reads a request's room and cid, `on_reply` gets the ack or error of each,
+/// `on_error` a failed request (which stays unanswered).
 pub async fn run<K>(
     addr: SocketAddr,
     mut messages: UnboundedReceiver<(K, Message)>,
@@ -29,67 +27,60 @@ pub async fn run<K>(
     on_reply: impl Fn(ServerMsg<'_>, Instant),
     on_error: impl Fn(String),
 ) {
-    let stream = match TcpStream::connect(addr).await {
-        Ok(s) => s,
-        Err(e) => return on_error(format!("publish connection to {addr}: {e}")),
-    };
-    let _ = stream.set_nodelay(true);
-    let (mut rd, mut wr) = stream.into_split();
-    let inflight: RefCell<VecDeque<Ids>> = RefCell::new(VecDeque::new());
-    let writer = async {
-        let mut batch = Vec::with_capacity(64 * 1024);
-        while let Some((_, first)) = messages.recv().await {
-            let mut next = Some(first);
-            while let Some(m) = next.take() {
+    let mut inflight = FuturesUnordered::new();
+    let mut open = true;
+    while open || !inflight.is_empty() {
+        tokio::select! {
+            m = messages.recv(), if open => {
+                let Some((_, m)) = m else { open = false; continue };
                 let req = m.into_data();
-                let Some((room, cid)) = ids(&req) else {
-                    return Err("a publish request without room or cid".to_string());
-                };
-                inflight
-                    .borrow_mut()
-                    .push_back((room.to_vec(), cid.to_vec()));
-                batch.extend_from_slice(&req);
-                next = messages.try_recv().ok().map(|(_, m)| m);
-            }
-            wr.write_all(&batch)
-                .await
-                .map_err(|e| format!("publish: {e}"))?;
-            batch.clear();
-        }
-        Ok(())
-    };
-    let reader = async {
-        let mut buf = Vec::with_capacity(16 * 1024);
-        loop {
-            while let Some((status, used)) = response(&buf)? {
-                buf.drain(..used);
-                let Some((room, cid)) = inflight.borrow_mut().pop_front() else {
-                    return Err("publish: a response to no request".to_string());
-                };
-                let now = Instant::now();
-                let Some(mut m) = super::delivered(Kind::Ack, &room, &cid) else {
+                let Some((room, cid)) = ids(&req).map(|(r, c)| (r.to_vec(), c.to_vec())) else {
+                    on_error("a publish request without room or cid".into());
                     continue;
                 };
-                if status != 200 {
-                    m.kind = Kind::Error;
-                    m.code = b"http_error";
+                inflight.push(async move { (one(addr, &req).await, room, cid) });
+            }
+            Some((res, room, cid)) = inflight.next(), if !inflight.is_empty() => {
+                let Some(mut m) = super::delivered(Kind::Ack, &room, &cid) else { continue };
+                match res {
+                    Ok((status, at)) => {
+                        if status != 200 {
+                            m.kind = Kind::Error;
+                            m.code = b"http_error";
+                        }
+                        on_reply(m, at);
+                    }
+                    Err(e) => on_error(e),
                 }
-                on_reply(m, now);
             }
-            let mut chunk = [0u8; 8192];
-            let n = rd
-                .read(&mut chunk)
-                .await
-                .map_err(|e| format!("publish: {e}"))?;
-            if n == 0 {
-                return Err::<(), String>("publish: connection closed".into());
-            }
-            buf.extend_from_slice(&chunk[..n]);
         }
-    };
-    tokio::select! {
-        r = writer => if let Err(e) = r { on_error(e) },
-        r = reader => if let Err(e) = r { on_error(e) },
+    }
+}
+
+/// One request on a fresh connection: its response's status and arrival time.
+async fn one(addr: SocketAddr, req: &[u8]) -> Result<(u16, Instant), String> {
+    let mut stream = TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("publish connection to {addr}: {e}"))?;
+    let _ = stream.set_nodelay(true);
+    stream
+        .write_all(req)
+        .await
+        .map_err(|e| format!("publish: {e}"))?;
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some((status, _)) = response(&buf)? {
+            return Ok((status, Instant::now()));
+        }
+        let n = stream
+            .read(&mut chunk)
+            .await
+            .map_err(|e| format!("publish: {e}"))?;
+        if n == 0 {
+            return Err("publish: connection closed before the response".into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
     }
 }
 

@@ -4,7 +4,7 @@
 //! the app secret), which delivers them to every subscriber, the sender's own connection
 //! included. That is what Pusher's docs recommend for chat: client events need private channels
 //! with an auth endpoint and are never echoed to their sender. The load generator plays that
-//! backend for each sender (one keep-alive HTTP connection each, see [`super::http_publish`]).
+//! backend for each sender (a connection per request, see [`super::http_publish`]).
 //!
 //! An event's `data` is `"<cid> <body>"`: the cid gives the latency and the room's seq.
 
