@@ -243,6 +243,29 @@ def machine_info(results):
     return info
 
 
+def peers_rows(out):
+    """The headline rows of results/peers/ (scripts/results-peers.sh), when it has been run."""
+    sm = load(os.path.join(out, "peers", "summary.json"))
+    if not sm:
+        return []
+    names = {"socketio": "Socket.IO", "sockudo": "Sockudo", "nodews": "Node ws + ioredis",
+             "naive": "naive tokio + redis-rs", "ours-single": "ours standalone"}
+    rows = []
+    for rate in sm.get("rates", []):
+        parts = []
+        for s, label in names.items():
+            r = sm["systems"].get(s, {}).get(str(rate))
+            if r and r.get("total_vs_ours"):
+                parts.append(f"{label} {r['total_vs_ours']:.2f}x")
+        ours = sm["systems"].get("ours", {}).get(str(rate))
+        if ours and parts:
+            rows.append(
+                f"| ours (2 nodes on Redis) vs the peers at {num(rate)} msg/s: server + Redis CPU per delivery, peer ÷ ours "
+                f"| {num(ours['server_us_median'] + ours['redis_us_median'], 1)} µs for ours; " + ", ".join(parts)
+                + " | median of the rounds, each on 2 nodes on the same Redis; how they ran and what is noise: [peers](peers/README.md) |")
+    return rows
+
+
 def readme(out):
     old = load(os.path.join(out, "run-set.json"))
     # The invocation that ran the parts; `readme` alone keeps the previous one's.
@@ -505,6 +528,7 @@ def readme(out):
         L.append(
             f"| 2-node cluster at {num(cf['rate'])} msg/s: delivery / ack / persisted p99 | {ms(cf['delivery_p99_ms'])} / {ms(cf['ack_p99_ms'])} / {ms(cf['persist_p99_ms'])} | "
             f"ack = durable in Kafka (acks=all); [cluster-2node-fixed](cluster-2node-fixed/report.md) |")
+    L.extend(peers_rows(out))
     L.append("")
     L.append("Every run of this set:")
     L.append("")

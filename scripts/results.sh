@@ -15,6 +15,8 @@
 #       cluster      scripts/cluster.sh up (Redis, PostgreSQL, tansu, two nodes, the persister):
 #                    a fixed-rate run with persistence latency, then a sweep to p99 <= 10 ms
 #       persister    persister/bench.sh (chat-persister next to raw \copy), REPEATS times
+#       peers        ours next to Socket.IO, Sockudo, Node ws and a naive Rust server, each on
+#                    2 nodes on one Redis (scripts/results-peers.sh; results/peers/README.md)
 #       readme       the headline table and the list of runs, between the markers of
 #                    OUT/README.md, and OUT/run-set.json (always last; needs no server)
 #
@@ -37,6 +39,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
+
+# The peers comparison has its own script (its own rounds, systems and output directory).
+if [ "${1:-}" = peers ]; then exec scripts/results-peers.sh; fi
 
 quick=0
 parts=()

@@ -3,6 +3,7 @@
 //! without per-message allocation, and a small parser that picks the few fields the load
 //! generator needs out of a server message without building a JSON tree.
 
+use crate::json::Val;
 use bytes::{BufMut, Bytes, BytesMut};
 use chat_wire::protocol::put_json_str;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
@@ -94,11 +95,16 @@ impl ConnConfig {
     }
 }
 
-/// Opens `/ws?user=<user>` on `target`, from `source` when given.
+/// The chat protocol's endpoint for `user`.
+pub fn chat_path(user: &str) -> String {
+    format!("/ws?user={user}")
+}
+
+/// Opens the WebSocket at `path` (e.g. [`chat_path`]) on `target`, from `source` when given.
 pub async fn connect(
     target: &Target,
     source: Option<IpAddr>,
-    user: &str,
+    path: &str,
     cfg: ConnConfig,
 ) -> Result<Ws, String> {
     let socket = if target.addr.is_ipv4() {
@@ -121,7 +127,7 @@ pub async fn connect(
         .await
         .map_err(|e| format!("connect {}: {e}", target.addr))?;
     stream.set_nodelay(true).map_err(|e| e.to_string())?;
-    let url = format!("ws://{}/ws?user={user}", target.authority);
+    let url = format!("ws://{}{path}", target.authority);
     let (ws, _) = tokio_tungstenite::client_async_with_config(url.as_str(), stream, Some(cfg.ws()))
         .await
         .map_err(|e| format!("handshake {}: {e}", target.authority))?;
@@ -176,10 +182,17 @@ pub struct SendEncoder {
 impl SendEncoder {
     /// Bodies of `body` bytes of printable ASCII.
     pub fn new(body: usize) -> SendEncoder {
-        let mut tail = BytesMut::with_capacity(body + 12);
+        SendEncoder::with_suffix(body, b"}")
+    }
+
+    /// The same, with `suffix` closing the message after the body's string (Socket.IO wraps
+    /// the object in an array: `}]`).
+    pub fn with_suffix(body: usize, suffix: &[u8]) -> SendEncoder {
+        let mut tail = BytesMut::with_capacity(body + 12 + suffix.len());
         tail.put_slice(br#"","body":""#);
-        tail.extend((0..body).map(|i| b'a' + (i % 26) as u8));
-        tail.put_slice(br#""}"#);
+        tail.extend(body_bytes(body));
+        tail.put_u8(b'"');
+        tail.put_slice(suffix);
         SendEncoder {
             buf: BytesMut::with_capacity(64 * 1024),
             tail: tail.freeze(),
@@ -200,7 +213,12 @@ impl SendEncoder {
     }
 }
 
-fn text(b: Bytes) -> Message {
+/// `n` bytes of printable ASCII: the body of every message (no JSON escaping needed).
+pub fn body_bytes(n: usize) -> impl Iterator<Item = u8> {
+    (0..n).map(|i| b'a' + (i % 26) as u8)
+}
+
+pub(crate) fn text(b: Bytes) -> Message {
     Message::Text(Utf8Bytes::try_from(b).expect("requests are built from UTF-8 pieces"))
 }
 
@@ -239,108 +257,29 @@ pub fn parse(b: &[u8]) -> Option<ServerMsg<'_>> {
         code: b"",
         complete: false,
     };
-    let mut i = ws(b, 0);
-    if *b.get(i)? != b'{' {
-        return None;
-    }
-    i = ws(b, i + 1);
-    if *b.get(i)? == b'}' {
-        return Some(m);
-    }
-    loop {
-        let (key, next) = string(b, i)?;
-        i = ws(b, next);
-        if *b.get(i)? != b':' {
-            return None;
-        }
-        i = ws(b, i + 1);
-        let start = i;
-        match *b.get(i)? {
-            b'"' => {
-                let (v, next) = string(b, i)?;
-                i = next;
-                match key {
-                    b"type" => {
-                        m.kind = match v {
-                            b"msg" => Kind::Msg,
-                            b"ack" => Kind::Ack,
-                            b"joined" => Kind::Joined,
-                            b"resumed" => Kind::Resumed,
-                            b"error" => Kind::Error,
-                            _ => Kind::Other,
-                        }
-                    }
-                    b"room" => m.room = v,
-                    b"cid" => m.cid = v,
-                    b"code" => m.code = v,
-                    _ => {}
-                }
-            }
-            b'{' | b'[' => i = skip_nested(b, i)?,
-            _ => {
-                while i < b.len() && !matches!(b[i], b',' | b'}' | b' ' | b'\n' | b'\r' | b'\t') {
-                    i += 1;
-                }
-                match key {
-                    b"seq" => m.seq = crate::schedule::parse_u64(&b[start..i])?,
-                    b"complete" => m.complete = &b[start..i] == b"true",
-                    _ => {}
-                }
+    let mut bad_seq = false;
+    crate::json::walk(b, |key, v| match (key, v) {
+        (b"type", Val::Str(v)) => {
+            m.kind = match v {
+                b"msg" => Kind::Msg,
+                b"ack" => Kind::Ack,
+                b"joined" => Kind::Joined,
+                b"resumed" => Kind::Resumed,
+                b"error" => Kind::Error,
+                _ => Kind::Other,
             }
         }
-        i = ws(b, i);
-        match *b.get(i)? {
-            b',' => i = ws(b, i + 1),
-            b'}' => return Some(m),
-            _ => return None,
-        }
-    }
-}
-
-#[inline]
-fn ws(b: &[u8], mut i: usize) -> usize {
-    while i < b.len() && matches!(b[i], b' ' | b'\n' | b'\r' | b'\t') {
-        i += 1;
-    }
-    i
-}
-
-/// A string at `b[i] == '"'`: its raw contents and the index after the closing quote.
-#[inline]
-fn string(b: &[u8], i: usize) -> Option<(&[u8], usize)> {
-    if *b.get(i)? != b'"' {
-        return None;
-    }
-    let mut j = i + 1;
-    loop {
-        match *b.get(j)? {
-            b'"' => return Some((&b[i + 1..j], j + 1)),
-            b'\\' => j += 2,
-            _ => j += 1,
-        }
-    }
-}
-
-/// Skips an object or array starting at `b[i]`, strings and all; returns the index after it.
-fn skip_nested(b: &[u8], mut i: usize) -> Option<usize> {
-    let mut depth = 0usize;
-    loop {
-        match *b.get(i)? {
-            b'{' | b'[' => depth += 1,
-            b'}' | b']' => {
-                depth -= 1;
-                if depth == 0 {
-                    return Some(i + 1);
-                }
-            }
-            b'"' => {
-                i = string(b, i)?.1;
-                continue;
-            }
-            _ => {}
-        }
-        i += 1;
-    }
+        (b"room", Val::Str(v)) => m.room = v,
+        (b"cid", Val::Str(v)) => m.cid = v,
+        (b"code", Val::Str(v)) => m.code = v,
+        (b"seq", Val::Raw(v)) => match crate::schedule::parse_u64(v) {
+            Some(s) => m.seq = s,
+            None => bad_seq = true,
+        },
+        (b"complete", Val::Raw(v)) => m.complete = v == b"true",
+        _ => {}
+    })?;
+    (!bad_seq).then_some(m)
 }
 
 #[cfg(test)]

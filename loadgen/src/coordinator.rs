@@ -244,6 +244,8 @@ pub async fn run(opts: &RunOptions) -> Result<RunResult, String> {
     }
 
     let cpu_before = scrape_all(&targets).await;
+    let pids_before = cpu::pids_seconds(&sc.server_pids);
+    let redis_before = sc.redis_pid.and_then(cpu::pid_seconds);
     let machine_before = MachineCpu::now();
     let pressure_before = cpu::cpu_pressure_us().map(|p| (p, Instant::now()));
     let names: Vec<String> = links.iter().map(|l| l.name.clone()).collect();
@@ -314,6 +316,12 @@ pub async fn run(opts: &RunOptions) -> Result<RunResult, String> {
         Some(p / t0.elapsed().as_secs_f64())
     });
     let cpu_after = scrape_all(&targets).await;
+    let pids_after = cpu::pids_seconds(&sc.server_pids);
+    let redis_cpu_seconds = sc
+        .redis_pid
+        .and_then(cpu::pid_seconds)
+        .zip(redis_before)
+        .map(|(a, b)| a - b);
     if !errors.is_empty() {
         return Err(errors.join("; "));
     }
@@ -356,10 +364,27 @@ pub async fn run(opts: &RunOptions) -> Result<RunResult, String> {
             }
         })
         .collect();
+    // Given processes (peers without /metrics, see peers/) replace the nodes' own figures.
+    let servers = if sc.server_pids.is_empty() {
+        servers
+    } else {
+        vec![ServerCpu {
+            url: format!("/proc of pids {:?}", sc.server_pids),
+            before_seconds: pids_before,
+            after_seconds: pids_after,
+            cpu_seconds: pids_before.zip(pids_after).map(|(b, a)| a - b),
+            error: pids_after
+                .is_none()
+                .then(|| "a process ended during the run".into()),
+        }]
+    };
     let server_cpu_seconds = servers.iter().map(|s| s.cpu_seconds).sum::<Option<f64>>();
-    let server_cpu_us_per_delivered = server_cpu_seconds
-        .filter(|_| counters.delivered > 0)
-        .map(|s| s * 1e6 / counters.delivered as f64);
+    let per_delivered = |s: Option<f64>| {
+        s.filter(|_| counters.delivered > 0)
+            .map(|s| s * 1e6 / counters.delivered as f64)
+    };
+    let redis_cpu_us_per_delivered = per_delivered(redis_cpu_seconds);
+    let server_cpu_us_per_delivered = per_delivered(server_cpu_seconds);
 
     let latency = Latencies {
         delivery: Percentiles::of(&hists.delivery),
@@ -432,6 +457,8 @@ pub async fn run(opts: &RunOptions) -> Result<RunResult, String> {
         servers,
         server_cpu_seconds,
         server_cpu_us_per_delivered,
+        redis_cpu_seconds,
+        redis_cpu_us_per_delivered,
         loadgen: LoadgenHealth {
             cpu_seconds,
             cpu_cores,

@@ -28,6 +28,16 @@ fn stat_cpu_seconds(path: &str) -> Option<f64> {
     Some((utime + stime) / ticks_per_second())
 }
 
+/// CPU seconds process `pid` has used (all its threads); `None` when it is gone.
+pub fn pid_seconds(pid: u32) -> Option<f64> {
+    stat_cpu_seconds(&format!("/proc/{pid}/stat"))
+}
+
+/// The sum over `pids` (`None` when one is gone).
+pub fn pids_seconds(pids: &[u32]) -> Option<f64> {
+    pids.iter().map(|&p| pid_seconds(p)).sum()
+}
+
 /// CPU seconds this process has used.
 pub fn process_seconds() -> f64 {
     stat_cpu_seconds("/proc/self/stat").unwrap_or(0.0)

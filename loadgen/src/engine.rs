@@ -14,9 +14,10 @@
 //! [`AgentReport`], with the final verification done here (each room and all its members
 //! live in one share).
 
-use crate::client::{self, ConnConfig, Kind, SendEncoder, Target, Ws};
+use crate::client::{self, ConnConfig, Kind, ServerMsg, Target, Ws};
 use crate::cpu;
 use crate::persist;
+use crate::proto::{http_publish, pusher, Incoming};
 use crate::report::AckRecord;
 use crate::scenario::{dm_users, is_dm_key, Key, Layout, Scenario};
 use crate::schedule::{parse_cid, Schedule};
@@ -458,10 +459,31 @@ impl Shard {
         streams: &RefCell<ConnStreams>,
         outbox: Option<&Rc<Outbox>>,
     ) {
-        let Some(m) = client::parse(b) else {
-            self.stats.borrow_mut().counters.unparsed += 1;
-            return;
+        let m = match self.scenario.protocol.parse(b) {
+            Some(Incoming::Server(m)) => m,
+            Some(Incoming::Ping(pong)) => {
+                if let Some(ob) = outbox {
+                    let _ = ob.messages.send((PONG_KEY, pong));
+                }
+                return;
+            }
+            None => {
+                self.stats.borrow_mut().counters.unparsed += 1;
+                return;
+            }
         };
+        self.on_msg(c, m, now, streams, outbox);
+    }
+
+    /// A server message, parsed (from a frame, or an HTTP publish's response).
+    fn on_msg(
+        &self,
+        c: u32,
+        m: ServerMsg<'_>,
+        now: Instant,
+        streams: &RefCell<ConnStreams>,
+        outbox: Option<&Rc<Outbox>>,
+    ) {
         let now_ns = self
             .start
             .get()
@@ -731,7 +753,13 @@ async fn conn_task(sh: Rc<Shard>, c: u32, connect_at: Instant) {
     let sends = !layout.conn_roles[c as usize].is_empty();
     let target = &sh.targets[layout.conn_url[c as usize] as usize];
     let source = client::source_ip(&target.addr, c as usize, sh.scenario.source_ips);
-    let ws = match client::connect(target, source, &layout.user(c), sh.cfg).await {
+    let proto = sh.scenario.protocol;
+    let path = proto.path(&layout.user(c), &sh.scenario.pusher_app);
+    let opened = match client::connect(target, source, &path, sh.cfg).await {
+        Ok(mut ws) => proto.handshake(&mut ws).await.map(|()| ws),
+        e => e,
+    };
+    let ws = match opened {
         Ok(ws) => ws,
         Err(e) => {
             sh.stats.borrow_mut().counters.connect_errors += 1;
@@ -750,7 +778,7 @@ async fn conn_task(sh: Rc<Shard>, c: u32, connect_at: Instant) {
     let rooms = &layout.conn_rooms[c as usize];
     let mut ok = true;
     for &r in rooms {
-        ok = ok && ws.feed(client::join(&layout.room(r))).await.is_ok();
+        ok = ok && ws.feed(proto.join(&layout.room(r))).await.is_ok();
     }
     ok = ok && ws.flush().await.is_ok();
     let mut left = rooms.len();
@@ -758,8 +786,13 @@ async fn conn_task(sh: Rc<Shard>, c: u32, connect_at: Instant) {
     while ok && left > 0 {
         match tokio::time::timeout_at(deadline.into(), ws.next()).await {
             Ok(Some(Ok(Message::Text(t)))) => {
-                let Some(m) = client::parse(t.as_bytes()) else {
-                    continue;
+                let m = match proto.parse(t.as_bytes()) {
+                    Some(Incoming::Server(m)) => m,
+                    Some(Incoming::Ping(pong)) => {
+                        ok = ws.send(pong).await.is_ok();
+                        continue;
+                    }
+                    None => continue,
                 };
                 match m.kind {
                     Kind::Joined => {
@@ -797,10 +830,23 @@ async fn conn_task(sh: Rc<Shard>, c: u32, connect_at: Instant) {
         }
         return;
     }
-    let outbox = sends.then(|| {
+    // Sends go over the WebSocket (its writer also answers keep-alives), or over HTTP.
+    let http = proto.publishes_over_http();
+    let outbox = (sends || proto.answers_pings()).then(|| {
         let (outbox, messages, sinks) = Outbox::new();
-        tokio::task::spawn_local(writer_task(sh.clone(), c, outbox.clone(), messages, sinks));
-        tokio::task::spawn_local(sender_task(sh.clone(), c, outbox.clone()));
+        if http {
+            let (sh2, streams2, addr) = (sh.clone(), streams.clone(), target.addr);
+            tokio::task::spawn_local(async move {
+                let on_reply = |m: ServerMsg<'_>, now| sh2.on_msg(c, m, now, &streams2, None);
+                let on_error = |e| sh2.error(e);
+                http_publish::run(addr, messages, pusher::request_ids, on_reply, on_error).await;
+            });
+        } else {
+            tokio::task::spawn_local(writer_task(sh.clone(), c, outbox.clone(), messages, sinks));
+        }
+        if sends {
+            tokio::task::spawn_local(sender_task(sh.clone(), c, outbox.clone()));
+        }
         outbox
     });
     let mut attempt = 0;
@@ -808,14 +854,14 @@ async fn conn_task(sh: Rc<Shard>, c: u32, connect_at: Instant) {
     loop {
         let opened = Instant::now();
         match &outbox {
-            Some(ob) => {
+            Some(ob) if !http => {
                 let (sink, stream) = ws.split();
                 ob.generation.set(ob.generation.get() + 1);
                 let _ = ob.sinks.send((ob.generation.get(), sink));
                 reader(&sh, c, stream, &streams, Some(ob)).await;
             }
             // Receive-only connections skip the split (and its lock on every read).
-            None => reader(&sh, c, ws, &streams, None).await,
+            _ => reader(&sh, c, ws, &streams, None).await,
         }
         if sh.stopping.get() {
             return;
@@ -868,7 +914,8 @@ async fn reconnect(
         let n = sh.targets.len();
         let target = &sh.targets[(layout.conn_url[c as usize] as usize + *attempt) % n];
         let source = client::source_ip(&target.addr, c as usize, sh.scenario.source_ips);
-        if let Ok(mut ws) = client::connect(target, source, &layout.user(c), sh.cfg).await {
+        let path = client::chat_path(&layout.user(c));
+        if let Ok(mut ws) = client::connect(target, source, &path, sh.cfg).await {
             let mut keys: Vec<Key> = layout.conn_rooms[c as usize]
                 .iter()
                 .map(|&r| r as Key)
@@ -930,6 +977,9 @@ async fn reader<S>(
 
 /// A message of the sender's schedule: (role, k) from its cid.
 type SendKey = (u32, u64);
+
+/// The key of a keep-alive answer queued with the sends (no role has this number).
+const PONG_KEY: SendKey = (u32::MAX, 0);
 
 /// A send not answered yet (kept only with `reconnect`).
 struct Pending {
@@ -1108,12 +1158,13 @@ async fn sender_task(sh: Rc<Shard>, c: u32, ob: Rc<Outbox>) {
                     s.dm_share,
                 ),
                 k: 0,
-                room_head: client::send_head(&layout.room(role.room)),
+                room_head: s.protocol.send_head(&layout.room(role.room)),
                 dm_head: role.dm_peer.map(|p| client::dm_head(&layout.user(p))),
             }
         })
         .collect();
-    let mut enc = SendEncoder::new(s.body);
+    let authority = &sh.targets[layout.conn_url[c as usize] as usize].authority;
+    let mut enc = s.protocol.encoder(s.body, &s.pusher_app, authority);
     while let Some(next) = runs
         .iter()
         .filter(|r| r.k < r.schedule.count)
@@ -1179,7 +1230,7 @@ async fn stalled_task(sh: Rc<Shard>, i: u32) {
     let user = format!("{}s{i}", layout.prefix);
     let room = layout.room(i % layout.rooms);
     let joined = async {
-        let mut ws = client::connect(target, None, &user, cfg).await?;
+        let mut ws = client::connect(target, None, &client::chat_path(&user), cfg).await?;
         ws.send(client::join(&room))
             .await
             .map_err(|e| e.to_string())?;

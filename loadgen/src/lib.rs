@@ -13,6 +13,8 @@
 //! | [`timer`] | precise (timerfd) wake-ups for the senders, instead of tokio's 1 ms timer |
 //! | [`schedule`] | the open model: intended send times, which sends are DMs, the `cid` that carries the time |
 //! | [`client`] | one WebSocket connection: connect (bound to a source IP), requests, parsing replies |
+//! | [`proto`] | the protocols spoken: chat, Socket.IO, Pusher (one file each), the same scenario for all |
+//! | [`json`] | the allocation-free scanner every protocol's parser uses |
 //! | [`engine`] | one process's share of a run: shard threads, connection and sender tasks |
 //! | [`verify`] | per room and receiver: every seq exactly once, in order |
 //! | [`stats`] | histograms and counters, their V2+DEFLATE form and exact merging, per-second ticks |
@@ -34,9 +36,11 @@ pub mod coordinator;
 pub mod cpu;
 pub mod engine;
 pub mod flood;
+pub mod json;
 pub mod machine;
 pub mod persist;
 pub mod plot;
+pub mod proto;
 pub mod report;
 pub mod scenario;
 pub mod schedule;

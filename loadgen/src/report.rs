@@ -30,6 +30,11 @@ pub struct RunResult {
     pub server_cpu_seconds: Option<f64>,
     /// Server CPU microseconds per delivered message (each reception counts once).
     pub server_cpu_us_per_delivered: Option<f64>,
+    /// CPU seconds of the scenario's `redis_pid` over the run, and per delivered message.
+    #[serde(default)]
+    pub redis_cpu_seconds: Option<f64>,
+    #[serde(default)]
+    pub redis_cpu_us_per_delivered: Option<f64>,
     pub loadgen: LoadgenHealth,
     pub verdict: Verdict,
     /// One entry per second from the common start (warm-up and drain included).
@@ -226,6 +231,9 @@ impl RunResult {
                 .map(|v| format!(", {v:.2} us per delivered message"))
                 .unwrap_or_default()
         );
+        if let Some(us) = self.redis_cpu_us_per_delivered {
+            let _ = writeln!(s, "Redis CPU: {us:.2} us per delivered message");
+        }
         s
     }
 

@@ -75,6 +75,14 @@ pub struct Scenario {
     pub stalled: usize,
     /// Seconds after the start at which the `stalled` connections stop reading.
     pub stall_at: f64,
+    /// The servers' protocol: ours, or a peer's (`peers/`).
+    pub protocol: crate::proto::Protocol,
+    /// The Pusher app (`--protocol pusher`).
+    pub pusher_app: crate::proto::pusher::App,
+    /// Server CPU from these processes' `/proc/PID/stat` instead of each node's `/metrics`.
+    pub server_pids: Vec<u32>,
+    /// Redis's pid: its CPU over the run is reported too.
+    pub redis_pid: Option<u32>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -113,6 +121,10 @@ impl Default for Scenario {
             record_acks: false,
             stalled: 0,
             stall_at: 0.0,
+            protocol: crate::proto::Protocol::Chat,
+            pusher_app: crate::proto::pusher::App::default(),
+            server_pids: Vec::new(),
+            redis_pid: None,
         }
     }
 }
@@ -202,6 +214,18 @@ pub struct ScenarioArgs {
     /// Seconds after the start at which the --stalled connections stop reading.
     #[arg(long)]
     pub stall_at: Option<f64>,
+    /// The servers' protocol: chat (PROTOCOL.md), socketio or pusher (see peers/README.md).
+    #[arg(long, value_enum)]
+    pub protocol: Option<crate::proto::Protocol>,
+    /// Pusher app credentials, ID:KEY:SECRET (default: the app peers/peer.sh configures).
+    #[arg(long)]
+    pub pusher_app: Option<String>,
+    /// Measure server CPU from these local processes (/proc) instead of each node's /metrics.
+    #[arg(long, value_delimiter = ',')]
+    pub server_pids: Option<Vec<u32>>,
+    /// Also report this local Redis process's CPU per delivery.
+    #[arg(long)]
+    pub redis_pid: Option<u32>,
 }
 
 impl ScenarioArgs {
@@ -238,6 +262,16 @@ impl ScenarioArgs {
             stall_at
         );
         s.reconnect |= self.reconnect;
+        if let Some(p) = &self.server_pids {
+            s.server_pids = p.clone();
+        }
+        s.redis_pid = self.redis_pid.or(s.redis_pid);
+        if let Some(p) = self.protocol {
+            s.protocol = p;
+        }
+        if let Some(a) = &self.pusher_app {
+            s.pusher_app = crate::proto::pusher::App::parse(a)?;
+        }
         s.record_acks |= self.record_acks;
         if let Some(u) = &self.url {
             s.urls = u.clone();
@@ -323,6 +357,7 @@ impl Scenario {
         if self.stall_at < 0.0 || !self.stall_at.is_finite() {
             return bad("stall_at must be >= 0".into());
         }
+        self.protocol.validate(self)?;
         if self.body > 16 * 1024 {
             return bad("body is limited to 16 KiB by the protocol".into());
         }
