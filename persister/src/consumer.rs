@@ -295,12 +295,7 @@ pub async fn refresh_watermarks(
                     break;
                 }
                 if let Ok((low, high)) = c.fetch_watermarks(parts.topic(), p, WATERMARK_TIMEOUT) {
-                    parts.set_watermarks(p, low, high);
-                    let stored = parts
-                        .snapshot()
-                        .iter()
-                        .find(|(q, _)| *q == p)
-                        .and_then(|(_, s)| s.stored);
+                    let stored = parts.set_watermarks(p, low, high);
                     beyond |= stored.is_some_and(|s| s > high);
                 }
             }

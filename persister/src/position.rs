@@ -122,11 +122,13 @@ impl Partitions {
         }
     }
 
-    pub(crate) fn set_watermarks(&self, partition: i32, low: i64, high: i64) {
-        if let Some(s) = self.lock().get_mut(&partition) {
-            s.low = Some(low);
-            s.high = Some(high);
-        }
+    /// Records a partition's watermarks; returns its stored offset (to compare with them).
+    pub(crate) fn set_watermarks(&self, partition: i32, low: i64, high: i64) -> Option<i64> {
+        let mut owned = self.lock();
+        let s = owned.get_mut(&partition)?;
+        s.low = Some(low);
+        s.high = Some(high);
+        s.stored
     }
 
     /// A watermark refresh's verdict: did any owned partition's stored offset lie past its
@@ -443,10 +445,9 @@ pub(crate) fn replaced(
         topic = %partitions.topic(), partition, expected_record = expected, found,
         "the partition's log was replaced (the topic was recreated or the broker replaced): the record before the stored offset is not the one persisted; reading the partition again from its beginning"
     );
-    consumer
-        .context()
-        .rebase(partition, low_of(consumer, partitions, partition));
-    from_low(consumer, partitions, partition);
+    let low = low_of(consumer, partitions, partition);
+    consumer.context().rebase(partition, low);
+    read_from(consumer, partitions, partition, low);
 }
 
 /// The checked record was not delivered ([`crate::start_offset::Seen::Unverified`]): read the partition again
@@ -464,7 +465,12 @@ pub(crate) fn unverified(
         topic = %partitions.topic(), partition, expected_record = expected, found,
         "the broker did not deliver the record before the stored offset, so the log cannot be checked; reading the partition again from its beginning (never skipping a record)"
     );
-    from_low(consumer, partitions, partition);
+    read_from(
+        consumer,
+        partitions,
+        partition,
+        low_of(consumer, partitions, partition),
+    );
 }
 
 fn low_of(consumer: &Kafka, partitions: &Partitions, partition: i32) -> i64 {
@@ -474,8 +480,7 @@ fn low_of(consumer: &Kafka, partitions: &Partitions, partition: i32) -> i64 {
     }
 }
 
-fn from_low(consumer: &Kafka, partitions: &Partitions, partition: i32) {
-    let low = low_of(consumer, partitions, partition);
+fn read_from(consumer: &Kafka, partitions: &Partitions, partition: i32, low: i64) {
     if let Err(e) = consumer.seek(
         partitions.topic(),
         partition,
