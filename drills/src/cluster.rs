@@ -218,10 +218,19 @@ impl Cluster {
 
     /// The sum of a metric over every node that still answers.
     pub fn node_metric(&self, name: &str) -> f64 {
+        self.node_metrics(name).iter().sum()
+    }
+
+    /// A metric's value on each node, in node order (0 for a node that does not answer).
+    pub fn node_metrics(&self, name: &str) -> Vec<f64> {
         self.nodes
             .iter()
-            .filter_map(|n| crate::procs::http_get(&n.addr.to_string(), "/metrics").ok())
-            .map(|(_, text)| crate::procs::metric_sum(&text, name))
-            .sum()
+            .map(
+                |n| match crate::procs::http_get(&n.addr.to_string(), "/metrics") {
+                    Ok((_, text)) => crate::procs::metric_sum(&text, name),
+                    Err(_) => 0.0,
+                },
+            )
+            .collect()
     }
 }

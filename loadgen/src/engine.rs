@@ -339,10 +339,14 @@ fn verify_all(
     let mut received: HashMap<(u32, Key), StreamSummary> =
         streams.into_iter().map(|(c, k, s)| ((c, k), s)).collect();
     let mut check = |c: u32, key: Key, f: u64| {
-        counters.lost += match received.remove(&(c, key)) {
+        let lost = match received.remove(&(c, key)) {
             Some(s) => s.lost(f),
             None => f,
         };
+        counters.lost += lost;
+        if is_dm_key(key) {
+            counters.lost_dm += lost;
+        }
     };
     for r in 0..layout.rooms {
         let f = final_seq.get(&(r as Key)).copied().unwrap_or(0);

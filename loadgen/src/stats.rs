@@ -96,6 +96,8 @@ counters! {
     expected_deliveries,
     /// Receptions that never happened (a receiver's gap, or its missing tail).
     lost,
+    /// Of those, receptions of direct messages.
+    lost_dm,
     /// Receptions of a seq the receiver already had.
     duplicated,
     /// Receptions that filled a gap, i.e. came after a later seq.
@@ -135,7 +137,14 @@ impl Counters {
                 p.push(format!("{n} {what}"));
             }
         };
-        say(self.lost, "lost receptions");
+        if self.lost_dm > 0 {
+            say(
+                self.lost,
+                &format!("lost receptions ({} of direct messages)", self.lost_dm),
+            );
+        } else {
+            say(self.lost, "lost receptions");
+        }
         say(self.duplicated, "duplicated receptions");
         say(self.reordered, "reordered receptions");
         say(self.unacked, "unacked sends");

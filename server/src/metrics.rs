@@ -73,6 +73,8 @@ pub struct BusCounters {
     pub redis_topology_changes: AtomicU64,
     /// Cluster clients replaced because the old one answered nothing (see bus/cluster/topology.rs).
     pub redis_client_rebuilds: AtomicU64,
+    /// Kafka producers replaced because stuck or failed for good (see log/kafka.rs).
+    pub kafka_producer_renewals: AtomicU64,
     pub pubsub_messages: AtomicU64,
     /// Gaps found in a room's stream, messages filled from the cache, and gaps the cache could
     /// not fill.
@@ -235,7 +237,7 @@ impl Metrics {
             }
         }
         let b = &self.bus;
-        let bus: [(&str, &str, &AtomicU64); 15] = [
+        let bus: [(&str, &str, &AtomicU64); 16] = [
             (
                 "chat_redis_round_trips_total",
                 "Pipelined round trips of the publish step.",
@@ -270,6 +272,11 @@ impl Metrics {
                 "chat_redis_client_rebuilds_total",
                 "Redis Cluster clients replaced by a new one from the seeds after the old one answered nothing for 3 s.",
                 &b.redis_client_rebuilds,
+            ),
+            (
+                "chat_kafka_producer_renewals_total",
+                "Kafka producers replaced by a new one: a fatal error, or records waiting 5 s with none delivered while the broker answers (a broker that forgot the producer id).",
+                &b.kafka_producer_renewals,
             ),
             (
                 "chat_pubsub_messages_total",

@@ -42,6 +42,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
+mod catch_up;
+mod dm_index;
 mod topology;
 
 /// Most messages one `resume` reads from PostgreSQL (the newest of the missing range); beyond
@@ -146,8 +148,14 @@ struct State {
     next_id: u64,
     /// Set when the link dropped: rooms must be compared with Redis once it answers again.
     resync_pending: bool,
+    /// Whether rooms are being compared after a failover (catch_up.rs).
+    settling: bool,
     /// The last seq of each direct-message room passed on to each connected user here.
     dm_last: AHashMap<(Name, Name), u64>,
+    /// When each connected user's channel was first subscribed here (ms since the epoch).
+    user_since: AHashMap<Name, u64>,
+    /// Live direct messages held per (room, user) while the seqs before them are filled.
+    dm_held: AHashMap<(Name, Name), Vec<(u64, Bytes)>>,
 }
 
 impl RoomTrack {
@@ -167,7 +175,8 @@ impl RoomTrack {
 
 impl State {
     /// Queues one direct message for every core where `user` is connected, unless it was
-    /// passed on already (a gap fill after a failover may overtake the live copy).
+    /// passed on already (a gap fill after a failover may overtake the live copy). Whether it
+    /// was queued.
     fn hand_out_dm(
         &mut self,
         user: &str,
@@ -175,13 +184,13 @@ impl State {
         seq: u64,
         frame: &Bytes,
         out: &mut [Vec<CoreMsg>],
-    ) {
+    ) -> bool {
         let Some(set) = self.users.get(user) else {
-            return;
+            return false;
         };
         let last = self.dm_last.entry((room.clone(), user.into())).or_insert(0);
         if seq <= *last {
-            return;
+            return false;
         }
         *last = seq;
         let user: Name = user.into();
@@ -193,6 +202,7 @@ impl State {
                 frame: frame.clone(),
             });
         }
+        true
     }
 
     fn saw(&mut self, room: &Name, seq: u64) {
@@ -512,6 +522,12 @@ impl Bus {
 
     async fn publish_batch(self: &Rc<Self>, core: CoreId, batch: Vec<PublishRequest>) {
         let metrics = &self.node.metrics.bus;
+        if let Some(k) = &self.kafka {
+            if let Some(why) = k.renew_if_failed().await {
+                inc(&metrics.kafka_producer_renewals);
+                tracing::error!(why, "the Kafka producer is stuck or failed for good; replaced by a new one (what it held is answered unavailable)");
+            }
+        }
         // Past the Kafka backlog: refuse before a seq is assigned.
         let mut requests = Vec::with_capacity(batch.len());
         let mut refused = Vec::new();
@@ -624,6 +640,7 @@ impl Bus {
 
         let mut accepted = Vec::with_capacity(requests.len());
         let mut publishes = Vec::new();
+        let mut dm_writes = Vec::new();
         let mut deliveries = Vec::new();
         let mut immediate = Vec::new();
         for ((req, id), answer) in requests.into_iter().zip(ids).zip(answers) {
@@ -656,6 +673,9 @@ impl Bus {
             if let Some(k) = &self.kafka {
                 deliveries.push(k.produce(&req.room, &msg));
             }
+            if let Some((a, b)) = &req.dm {
+                dm_writes.extend(dm_index::index_writes(&req.room, seq, a, b));
+            }
             accepted.push(Accepted {
                 reply: req.reply,
                 cid: req.cid,
@@ -665,6 +685,15 @@ impl Bus {
             });
         }
         self.send(core, immediate);
+        if !dm_writes.is_empty() {
+            // Off the ack path: the index only matters after a lost subscription (dm_index.rs).
+            let bus = self.clone();
+            tokio::task::spawn_local(async move {
+                if let Err(e) = bus.redis().run(&dm_writes).await {
+                    tracing::warn!(error = %e, "direct-message index not written");
+                }
+            });
+        }
         if !publishes.is_empty() {
             // Live delivery only; a lost publish is filled from the cache by the receivers.
             if let Err(e) = self.redis().run(&publishes).await {
@@ -866,6 +895,9 @@ struct MsgHead<'a> {
     seq: u64,
     #[serde(borrow)]
     id: std::borrow::Cow<'a, str>,
+    /// Milliseconds since the epoch (absent in nothing the server writes; 0 if so).
+    #[serde(default)]
+    ts: u64,
 }
 
 fn msg_head(json: &[u8]) -> Option<MsgHead<'_>> {
@@ -1075,6 +1107,9 @@ impl Bus {
             let set = st.users.entry(user.clone()).or_default();
             let first = set.is_empty();
             set.insert(core);
+            if first {
+                st.user_since.insert(user.clone(), dm_index::now_ms());
+            }
             first
         };
         if first {
@@ -1108,6 +1143,8 @@ impl Bus {
                     if empty {
                         st.users.remove(user);
                         st.dm_last.retain(|(_, u), _| u != user);
+                        st.user_since.remove(user);
+                        st.dm_held.retain(|(_, u), _| u != user);
                     }
                     empty
                 }
@@ -1216,9 +1253,7 @@ impl Bus {
                 self.state.borrow_mut().saw(&room, seq);
                 let frame = encode_frame(OpCode::Text, &payload);
                 if let Some(user) = keys::user_of_channel(&channel) {
-                    self.state
-                        .borrow_mut()
-                        .hand_out_dm(user, &room, seq, &frame, out);
+                    self.on_dm(user, room, seq, frame, out);
                 } else if keys::room_of_channel(&channel).is_some() {
                     self.on_room_message(room, seq, frame, out);
                 }
@@ -1311,61 +1346,6 @@ impl Bus {
         }
         for (core, msgs) in out.into_iter().enumerate() {
             self.send(core, msgs);
-        }
-    }
-
-    /// After a lost link: once Redis answers, fill every room whose latest seq moved on.
-    async fn resync(self: Rc<Self>) {
-        let mut wait = Duration::from_millis(100);
-        loop {
-            tokio::time::sleep(wait).await;
-            let rooms: Vec<(Name, u64)> = {
-                let st = self.state.borrow();
-                st.rooms
-                    .iter()
-                    .filter_map(|(r, t)| t.last.map(|l| (r.clone(), l)))
-                    .collect()
-            };
-            let cmds: Vec<(u16, redis::Cmd)> = rooms
-                .iter()
-                .map(|(r, _)| {
-                    let mut c = redis::cmd("GET");
-                    c.arg(keys::seq_key(r));
-                    (keys::key_slot(&keys::seq_key(r)), c)
-                })
-                .collect();
-            match self.redis().run_with(&cmds, self.confirm()).await {
-                Ok(answers) if !answers.iter().any(unreplicated) => {
-                    self.state.borrow_mut().resync_pending = false;
-                    self.node.metrics.bus.redis_up.store(1, Relaxed);
-                    for ((room, last), answer) in rooms.into_iter().zip(answers) {
-                        let latest = answer.map(|v| value_u64(&v)).unwrap_or(0);
-                        let start = {
-                            let mut st = self.state.borrow_mut();
-                            match st.rooms.get_mut(&room) {
-                                Some(t) if latest > last && !t.filling => {
-                                    t.filling = true;
-                                    true
-                                }
-                                _ => false,
-                            }
-                        };
-                        if start {
-                            tokio::task::spawn_local(self.clone().fill(room, last + 1));
-                        }
-                    }
-                    tracing::info!("Redis link back; rooms compared");
-                    return;
-                }
-                Ok(_) => {
-                    tracing::debug!("Redis replicas did not confirm the resync reads yet");
-                    wait = (wait * 2).min(Duration::from_secs(2));
-                }
-                Err(e) => {
-                    tracing::debug!(error = %e, "Redis still unreachable");
-                    wait = (wait * 2).min(Duration::from_secs(2));
-                }
-            }
         }
     }
 }

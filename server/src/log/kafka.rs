@@ -7,11 +7,32 @@
 //! duplicating or reordering them); we bound that backlog with `--kafka-backlog` and answer
 //! `unavailable` beyond it, before the message gets a seq.
 
+//!
+//! An idempotent producer can also stop for good while the broker is up. A broker that forgot
+//! its producer id (restarted on memory storage, a rebuilt cluster) answers every record with
+//! `UNKNOWN_PRODUCER_ID`; librdkafka bumps its epoch locally and sends again, forever (seen
+//! against tansu: nothing delivered until each record times out). Other sequence errors end
+//! in librdkafka's fatal error, after which every record fails at once.
+//! [`KafkaLog::renew_if_failed`] (called once per publish batch) replaces the producer with a
+//! new one, which asks the broker for a new producer id, in both cases:
+//! - librdkafka reports a fatal error, or
+//! - records have waited [`STALL_AFTER`] with none delivered, and the broker answers a
+//!   metadata request (so it is up, and the producer is what is stuck; during an outage the
+//!   records keep waiting, up to `--kafka-timeout-ms`).
+//!
+//! The records the old producer held fail: their senders get `unavailable` and retry with
+//! their cid, which finds their seq and produces them again on the new producer (a record the
+//! broker did take is then in the log twice; the persister keeps one row per (room, seq)).
+
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
+
+/// How long records may wait with none delivered, the broker up, before the producer is
+/// taken for stuck and replaced.
+pub const STALL_AFTER: Duration = Duration::from_secs(5);
 
 /// Settings of the producer.
 #[derive(Debug, Clone)]
@@ -26,25 +47,50 @@ pub struct KafkaConfig {
     pub linger_ms: u64,
 }
 
-/// The producer and its count of records not yet delivered. Lives on the bus thread.
+/// The producer and what its deliveries tell. Lives on the bus thread.
 pub struct KafkaLog {
-    producer: FutureProducer,
-    topic: String,
-    backlog: usize,
-    in_flight: Rc<Cell<usize>>,
+    producer: RefCell<FutureProducer>,
+    cfg: KafkaConfig,
+    progress: Rc<Progress>,
+    /// [`STALL_AFTER`] (shorter in tests).
+    stall_after: Duration,
+}
+
+/// What the deliveries tell about the producer's health.
+struct Progress {
+    /// Records produced and not yet confirmed or given up.
+    in_flight: Cell<usize>,
+    /// When the producer last made progress: a delivery confirmed, its creation, or the
+    /// first record produced after none were waiting.
+    delivered: Cell<Instant>,
+    /// The last time the broker was asked whether it is up because nothing was delivered.
+    probed: Cell<Instant>,
 }
 
 /// One record on its way: resolves to `Ok` once the broker has it.
 pub struct Delivery {
     future: Option<DeliveryFuture>,
     produced: Instant,
-    in_flight: Rc<Cell<usize>>,
+    progress: Rc<Progress>,
     failed: Option<String>,
 }
 
 impl KafkaLog {
     pub fn new(cfg: &KafkaConfig) -> Result<KafkaLog, String> {
-        let producer: FutureProducer = ClientConfig::new()
+        Ok(KafkaLog {
+            producer: RefCell::new(Self::producer(cfg)?),
+            cfg: cfg.clone(),
+            progress: Rc::new(Progress {
+                in_flight: Cell::new(0),
+                delivered: Cell::new(Instant::now()),
+                probed: Cell::new(Instant::now()),
+            }),
+            stall_after: STALL_AFTER,
+        })
+    }
+
+    fn producer(cfg: &KafkaConfig) -> Result<FutureProducer, String> {
+        ClientConfig::new()
             .set("bootstrap.servers", &cfg.brokers)
             .set("enable.idempotence", "true")
             .set("acks", "all")
@@ -59,61 +105,106 @@ impl KafkaLog {
             // that length the broker could be back for 10 s before anything is acked again.
             .set("reconnect.backoff.max.ms", "1000")
             .create()
-            .map_err(|e| format!("Kafka producer for {}: {e}", cfg.brokers))?;
-        Ok(KafkaLog {
-            producer,
-            topic: cfg.topic.clone(),
-            backlog: cfg.backlog,
-            in_flight: Rc::new(Cell::new(0)),
+            .map_err(|e| format!("Kafka producer for {}: {e}", cfg.brokers))
+    }
+
+    /// Replaces the producer when it has failed for good or is stuck (see the module comment);
+    /// returns why. The old one is dropped on a thread of its own: its drop purges what it
+    /// holds (those deliveries fail) and waits up to 500 ms.
+    pub async fn renew_if_failed(&self) -> Option<String> {
+        let fatal = self.producer.borrow().client().fatal_error();
+        let why = match fatal {
+            Some((code, reason)) => format!("fatal error {code:?}: {reason}"),
+            None => self.stuck().await?,
+        };
+        let fresh = match Self::producer(&self.cfg) {
+            Ok(p) => p,
+            Err(e) => return Some(format!("{why}; no new producer: {e}")),
+        };
+        let old = self.producer.replace(fresh);
+        std::thread::spawn(move || drop(old));
+        self.progress.delivered.set(Instant::now());
+        Some(why)
+    }
+
+    /// Why the producer is stuck: records waited [`STALL_AFTER`] with none delivered while
+    /// the broker answers. Asks the broker at most once per [`STALL_AFTER`].
+    async fn stuck(&self) -> Option<String> {
+        let p = &self.progress;
+        let waited = p.delivered.get().elapsed();
+        let stall = self.stall_after;
+        if p.in_flight.get() == 0 || waited < stall || p.probed.get().elapsed() < stall {
+            return None;
+        }
+        p.probed.set(Instant::now());
+        let progress_before = p.delivered.get();
+        let producer = self.producer.borrow().clone();
+        let topic = self.cfg.topic.clone();
+        let up = tokio::task::spawn_blocking(move || {
+            let md = producer
+                .client()
+                .fetch_metadata(Some(&topic), Duration::from_secs(1));
+            md.is_ok_and(|md| md.topics().first().is_some_and(|t| t.error().is_none()))
+        })
+        .await
+        .unwrap_or(false);
+        // A delivery while the broker was asked: not stuck.
+        let still = p.in_flight.get() > 0 && p.delivered.get() == progress_before;
+        (up && still).then(|| {
+            format!(
+                "{} records waited {waited:.1?} with none delivered while the broker answers",
+                p.in_flight.get()
+            )
         })
     }
 
     /// Records produced and not yet confirmed or given up.
     pub fn in_flight(&self) -> usize {
-        self.in_flight.get()
+        self.progress.in_flight.get()
     }
 
     /// Whether `more` records fit in the backlog now.
     pub fn has_room(&self, more: usize) -> bool {
-        self.in_flight.get() + more <= self.backlog
+        self.progress.in_flight.get() + more <= self.cfg.backlog
     }
 
     /// Queues one record. Records of one room keep their order (same key, same partition).
     pub fn produce(&self, room: &str, msg: &[u8]) -> Delivery {
-        let record = FutureRecord::to(&self.topic).key(room).payload(msg);
-        self.in_flight.set(self.in_flight.get() + 1);
+        let record = FutureRecord::to(&self.cfg.topic).key(room).payload(msg);
+        let progress = self.progress.clone();
+        if progress.in_flight.get() == 0 {
+            progress.delivered.set(Instant::now());
+        }
+        progress.in_flight.set(progress.in_flight.get() + 1);
         let produced = Instant::now();
-        match self.producer.send_result(record) {
-            Ok(future) => Delivery {
-                future: Some(future),
-                produced,
-                in_flight: self.in_flight.clone(),
-                failed: None,
-            },
-            Err((e, _)) => Delivery {
-                future: None,
-                produced,
-                in_flight: self.in_flight.clone(),
-                failed: Some(e.to_string()),
-            },
+        let (future, failed) = match self.producer.borrow().send_result(record) {
+            Ok(future) => (Some(future), None),
+            Err((e, _)) => (None, Some(e.to_string())),
+        };
+        Delivery {
+            future,
+            produced,
+            progress,
+            failed,
         }
     }
 
     /// Waits for queued records (shutdown).
     pub fn flush(&self, timeout: Duration) {
-        let _ = self.producer.flush(timeout);
+        let _ = self.producer.borrow().flush(timeout);
     }
 
     /// Checks that the broker answers and the topic exists.
     pub fn check(&self, timeout: Duration) -> Result<usize, String> {
         let md = self
             .producer
+            .borrow()
             .client()
-            .fetch_metadata(Some(&self.topic), timeout)
+            .fetch_metadata(Some(&self.cfg.topic), timeout)
             .map_err(|e| format!("Kafka metadata: {e}"))?;
         let topic = md.topics().first().ok_or("no topic metadata")?;
         if let Some(e) = topic.error() {
-            return Err(format!("topic {}: {e:?}", self.topic));
+            return Err(format!("topic {}: {e:?}", self.cfg.topic));
         }
         Ok(topic.partitions().len())
     }
@@ -122,20 +213,133 @@ impl KafkaLog {
 impl Delivery {
     /// How long the broker took, once it has the record; the error text otherwise.
     pub async fn wait(mut self) -> Result<Duration, String> {
-        let result = match self.future.take() {
+        match self.future.take() {
             None => Err(self.failed.take().unwrap_or_default()),
             Some(f) => match f.await {
-                Ok(Ok(_)) => Ok(self.produced.elapsed()),
+                Ok(Ok(_)) => {
+                    self.progress.delivered.set(Instant::now());
+                    Ok(self.produced.elapsed())
+                }
                 Ok(Err((e, _))) => Err(e.to_string()),
                 Err(_) => Err("producer dropped the record".into()),
             },
-        };
-        result
+        }
     }
 }
 
 impl Drop for Delivery {
     fn drop(&mut self) {
-        self.in_flight.set(self.in_flight.get() - 1);
+        let in_flight = &self.progress.in_flight;
+        in_flight.set(in_flight.get() - 1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+
+    const TOPIC: &str = "renewal";
+
+    fn log_on(mock: &MockCluster<'static, rdkafka::producer::DefaultProducerContext>) -> KafkaLog {
+        mock.create_topic(TOPIC, 1, 1).expect("topic");
+        let mut log = KafkaLog::new(&KafkaConfig {
+            brokers: mock.bootstrap_servers(),
+            topic: TOPIC.into(),
+            backlog: 100,
+            delivery_timeout_ms: 60_000,
+            linger_ms: 0,
+        })
+        .expect("producer");
+        log.stall_after = Duration::from_millis(1500);
+        log
+    }
+
+    /// librdkafka's own test hook puts the producer in the state other sequence errors leave
+    /// it in: every record fails at once, for good.
+    fn fail_for_good(log: &KafkaLog) {
+        let reason = std::ffi::CString::new("test: producer id forgotten").unwrap();
+        let code = RDKafkaRespErr::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER;
+        // SAFETY: a live producer handle and a NUL-terminated string that outlives the call.
+        let rc = unsafe {
+            rdkafka::bindings::rd_kafka_test_fatal_error(
+                log.producer.borrow().client().native_ptr(),
+                code,
+                reason.as_ptr(),
+            )
+        };
+        assert_eq!(rc, RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR);
+    }
+
+    #[tokio::test]
+    async fn a_producer_that_failed_for_good_is_replaced_and_the_next_record_is_delivered() {
+        let mock = MockCluster::new(1).expect("librdkafka mock cluster");
+        let log = log_on(&mock);
+        assert!(
+            log.renew_if_failed().await.is_none(),
+            "a healthy producer is kept"
+        );
+        log.produce("r", b"first").wait().await.expect("delivered");
+
+        fail_for_good(&log);
+        let failed = log.produce("r", b"second").wait().await;
+        assert!(
+            failed.is_err(),
+            "the failed producer delivers nothing: {failed:?}"
+        );
+        let why = log.renew_if_failed().await.expect("replaced");
+        assert!(why.contains("producer id forgotten"), "{why}");
+        assert!(
+            log.renew_if_failed().await.is_none(),
+            "the new producer is healthy"
+        );
+        log.produce("r", b"third")
+            .wait()
+            .await
+            .expect("delivered by the new producer");
+        assert_eq!(log.in_flight(), 0);
+    }
+
+    /// What tansu does after a restart on memory storage: every produce answered
+    /// `UNKNOWN_PRODUCER_ID`, which librdkafka retries forever with a locally bumped epoch.
+    #[tokio::test]
+    async fn a_producer_the_broker_keeps_refusing_is_replaced_but_not_during_an_outage() {
+        let mock = MockCluster::new(1).expect("librdkafka mock cluster");
+        let log = log_on(&mock);
+        log.produce("r", b"first").wait().await.expect("delivered");
+
+        // The broker is down: records wait (for --kafka-timeout-ms), the producer is kept.
+        mock.broker_down(1).expect("down");
+        let waiting = log.produce("r", b"during the outage");
+        tokio::time::sleep(log.stall_after * 2).await;
+        assert!(
+            log.renew_if_failed().await.is_none(),
+            "kept while the broker is down"
+        );
+        mock.broker_up(1).expect("up");
+        waiting
+            .wait()
+            .await
+            .expect("delivered once the broker is back");
+
+        // The broker answers, and refuses every record of this producer.
+        let refusals = [RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_PRODUCER_ID; 100_000];
+        mock.request_errors(RDKafkaApiKey::Produce, &refusals);
+        let stuck = log.produce("r", b"refused");
+        tokio::time::sleep(log.stall_after * 2).await;
+        mock.clear_request_errors(RDKafkaApiKey::Produce);
+        let why = log.renew_if_failed().await.expect("replaced");
+        assert!(
+            why.contains("none delivered while the broker answers"),
+            "{why}"
+        );
+        let old = stuck.wait().await;
+        assert!(old.is_err(), "what the old producer held fails: {old:?}");
+        log.produce("r", b"after")
+            .wait()
+            .await
+            .expect("delivered by the new producer");
+        assert_eq!(log.in_flight(), 0);
     }
 }

@@ -10,21 +10,24 @@
 //! [`WATCH_INTERVAL`]). On a change it subscribes every room and user channel again (where
 //! they live now: `SSUBSCRIBE` of a channel already subscribed is harmless), then compares
 //! every room with Redis and fills what was missed from the cache (the same resync as after a
-//! lost link), and does the same for the direct-message rooms of the users connected here.
+//! lost link), and does the same for the direct-message rooms of the users connected here
+//! (dm_index.rs).
+//! Then it keeps comparing the rooms for a while ([`Bus::settle`] in catch_up.rs), because a
+//! subscription taken during the takeover may still be dead.
 //! With `--redis-replicas` every read of that fill is confirmed by the replicas like any other
 //! ([`crate::bus::replication`]).
 
-use super::{stream_messages, Bus, Name};
+use super::{Bus, Name};
 use crate::bus::redis::{self as keys, RedisConn};
-use crate::fanout::CoreMsg;
 use crate::metrics::inc;
-use chat_wire::frame::{encode_frame, OpCode};
-use chat_wire::protocol::dm_members;
 use std::rc::Rc;
 use std::time::Duration;
 
 /// How often the slot map is read.
 pub const WATCH_INTERVAL: Duration = Duration::from_millis(500);
+
+/// How long one read of the slot map may take.
+const READ_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// How long the slot map may be unreadable before the cluster client is replaced.
 const REBUILD_AFTER: Duration = Duration::from_secs(3);
@@ -34,22 +37,30 @@ const SUBSCRIBE_ATTEMPTS: u32 = 20;
 
 impl Bus {
     pub(super) async fn watch_topology(self: Rc<Self>) {
+        // The last map read. It survives a rebuild of the client, so that a change that
+        // happened while the client answered nothing is still seen (and counted) afterwards.
         let mut known: Option<Vec<(i64, i64, String)>> = None;
         let mut failing_since: Option<tokio::time::Instant> = None;
         loop {
             tokio::time::sleep(WATCH_INTERVAL).await;
-            let map = match self.redis().slot_masters().await {
-                Ok(map) => {
+            // Bounded: during a failover redis-rs may hold a request for as long as its slot
+            // refresh fails, and the watch must get to the rebuild below.
+            let read = tokio::time::timeout(READ_TIMEOUT, self.redis().slot_masters()).await;
+            let map = match read {
+                Ok(Ok(map)) => {
                     failing_since = None;
                     map
                 }
-                Err(e) => {
+                failed => {
                     let since = *failing_since.get_or_insert_with(tokio::time::Instant::now);
                     if since.elapsed() >= REBUILD_AFTER {
-                        tracing::warn!(error = %e, "the Redis Cluster client has answered nothing for {REBUILD_AFTER:?}; connecting anew");
+                        let error = match failed {
+                            Ok(Err(e)) => e.to_string(),
+                            _ => format!("no answer in {READ_TIMEOUT:?}"),
+                        };
+                        tracing::warn!(error, "the Redis Cluster client has answered nothing for {REBUILD_AFTER:?}; connecting anew");
                         if self.clone().rebuild().await {
                             failing_since = None;
-                            known = None;
                         }
                     }
                     continue;
@@ -61,6 +72,7 @@ impl Bus {
                     masters = map.len(),
                     "the Redis Cluster's slot map changed; subscribing every channel again"
                 );
+                // Also after a rebuild, whose own pass may have run before the promotion.
                 tokio::task::spawn_local(self.clone().rehome());
             }
             known = Some(map);
@@ -115,11 +127,15 @@ impl Bus {
             users = users.len(),
             "channels subscribed again"
         );
+        if !std::mem::replace(&mut self.state.borrow_mut().settling, true) {
+            self.clone().settle().await;
+            self.state.borrow_mut().settling = false;
+        }
     }
 
     /// Subscribes a room (`user` false) or user channel again, retrying while the new master
     /// takes over.
-    async fn again(&self, channel: &str, user: bool) {
+    pub(super) async fn again(&self, channel: &str, user: bool) {
         for attempt in 1..=SUBSCRIBE_ATTEMPTS {
             let redis = self.redis();
             let subscribe = async {
@@ -135,48 +151,6 @@ impl Bus {
                     tracing::error!(channel, error = %e, "could not subscribe again")
                 }
                 _ => tokio::time::sleep(Duration::from_millis(200)).await,
-            }
-        }
-    }
-
-    /// The direct messages each connected user missed while their channel was gone: read from
-    /// the cache after the last one passed on.
-    async fn fill_dms(self: &Rc<Self>) {
-        let wanted: Vec<(Name, Name, u64)> = {
-            let st = self.state.borrow();
-            st.dm_last
-                .iter()
-                .filter(|((room, user), _)| {
-                    dm_members(room).is_some() && st.users.contains_key(user)
-                })
-                .map(|((room, user), last)| (room.clone(), user.clone(), *last))
-                .collect()
-        };
-        for (room, user, last) in wanted {
-            let mut cmd = redis::cmd("XRANGE");
-            cmd.arg(keys::log_key(&room))
-                .arg(format!("{}-0", last + 1))
-                .arg("+");
-            let slot = keys::key_slot(&keys::log_key(&room));
-            let msgs = match self.run_retrying(&[(slot, cmd)]).await.map(|mut v| v.pop()) {
-                Ok(Some(Ok(v))) => stream_messages(v),
-                other => {
-                    tracing::warn!(%room, ?other, "direct-message fill failed");
-                    continue;
-                }
-            };
-            let mut out: Vec<Vec<CoreMsg>> = (0..self.node.threads).map(|_| Vec::new()).collect();
-            {
-                let mut st = self.state.borrow_mut();
-                for m in &msgs {
-                    if let Some(h) = super::msg_head(m) {
-                        let frame = encode_frame(OpCode::Text, m);
-                        st.hand_out_dm(&user, &room, h.seq, &frame, &mut out);
-                    }
-                }
-            }
-            for (core, msgs) in out.into_iter().enumerate() {
-                self.send(core, msgs);
             }
         }
     }
