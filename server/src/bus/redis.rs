@@ -11,6 +11,7 @@
 //! | `chat:{R}:c:<from>:<cid>` | the first `msg` JSON sent with this `(from, cid)`, for the dedupe window |
 //! | `chat:{R}:ch` | the room's channel (sharded pub/sub on a cluster) |
 //! | `chat:u:{U}` | user U's channel: direct messages (plain pub/sub, which a cluster broadcasts) |
+//! | `chat:u:{U}:dms` | user U's direct-message rooms: hash room -> latest seq, TTL 1 day, for finding DMs lost with a subscription (`cluster/dm_index.rs`) |
 //! | `chat:{T}:fence` | with `--redis-replicas`: a write that follows a read, so that `WAIT` covers what the read saw (`T`: a tag of the read's slot, [`super::replication`]) |
 //!
 //! Connections come from `redis-rs` with RESP3: its `ConnectionManager` (single server) and
