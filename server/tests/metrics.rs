@@ -69,3 +69,63 @@ async fn acks_and_socket_writes_are_observed_in_histograms() {
         [("", 0.0)]
     );
 }
+
+/// Rooms a connection touched but that hold nothing (never written to, nobody subscribed) are
+/// not kept: `history` of never-used rooms creates none, and a joined (or resumed) room nobody
+/// wrote to is freed when its last member leaves or closes. A room with messages stays (its seq must
+/// continue). Read through `chat_rooms` (issue: 50,000 `history` requests left 50,003 rooms).
+#[tokio::test]
+async fn rooms_that_hold_nothing_are_freed() {
+    let server = Server::start(&["--rate-limit", "0"]);
+    let rooms = |metrics: &str| -> f64 { samples(metrics, "chat_rooms").iter().map(|s| s.1).sum() };
+    let mut c = Client::connect(&server.ws_url("a"), "a").await;
+    c.join("kept").await;
+    c.send(send_req("kept", "c1", "x")).await;
+    c.until("ack").await;
+
+    const N: usize = 2000;
+    c.send_all(
+        (0..N).map(|i| serde_json::json!({"type": "history", "room": format!("never-{i}")})),
+    )
+    .await;
+    let mut answered = 0;
+    while answered < N {
+        if c.recv().await["type"] == "history" {
+            answered += 1;
+        }
+    }
+    for i in 0..50 {
+        let room = format!("joined-{i}");
+        c.join(&room).await;
+        c.send(serde_json::json!({"type":"leave","room":room}))
+            .await;
+        c.until("left").await;
+    }
+    let (_, metrics) = http_get(server.addr, "/metrics").await;
+    assert_eq!(rooms(&metrics), 1.0, "only the room with a message is kept");
+
+    // Resumed rooms are joined: held while the connection is, freed when it closes.
+    let mut d = Client::connect(&server.ws_url("d"), "d").await;
+    for i in 0..20 {
+        d.send(serde_json::json!({"type":"resume","room":format!("resumed-{i}"),"after":0}))
+            .await;
+        d.until("resumed").await;
+    }
+    let (_, metrics) = http_get(server.addr, "/metrics").await;
+    assert_eq!(rooms(&metrics), 21.0);
+    d.close().await;
+    c.close().await;
+    let mut left = 0.0;
+    for _ in 0..50 {
+        let (_, metrics) = http_get(server.addr, "/metrics").await;
+        left = rooms(&metrics);
+        if left == 1.0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        left, 1.0,
+        "rooms of closed connections that hold nothing are freed"
+    );
+}

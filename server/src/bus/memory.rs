@@ -77,6 +77,7 @@ pub struct MemoryConfig {
     pub dedupe_capacity: usize,
 }
 
+#[derive(Default)]
 struct RoomState {
     seq: u64,
     /// `(seq, frame)` of the newest `history_len` messages, ascending.
@@ -126,11 +127,19 @@ impl RoomShard {
     }
 
     fn room(&mut self, name: &Name) -> &mut RoomState {
-        self.rooms.entry(name.clone()).or_insert_with(|| RoomState {
-            seq: 0,
-            recent: VecDeque::new(),
-            subscribers: CoreSet::default(),
-        })
+        self.rooms.entry(name.clone()).or_default()
+    }
+
+    /// Forgets `room` if it holds nothing: no subscriber and no message ever. A room that had
+    /// messages keeps its state (its seq must continue: standalone, nothing else remembers it).
+    fn free(&mut self, room: &Name) {
+        if self
+            .rooms
+            .get(room)
+            .is_some_and(|s| s.seq == 0 && s.subscribers.is_empty())
+        {
+            self.rooms.remove(room);
+        }
     }
 
     /// Handles one message meant for an owner; gives back any message that is not.
@@ -143,11 +152,17 @@ impl RoomShard {
                 reply,
             } => {
                 let core = reply.core;
-                let state = self.room(&room);
-                if subscribe {
-                    state.subscribers.insert(core);
-                }
-                let seq = state.seq;
+                // A room nobody subscribes to and nobody wrote to is not kept (see `free`).
+                let seq = match (subscribe, self.rooms.get(&room)) {
+                    (false, None) => 0,
+                    _ => {
+                        let state = self.room(&room);
+                        if subscribe {
+                            state.subscribers.insert(core);
+                        }
+                        state.seq
+                    }
+                };
                 out.push(
                     core,
                     CoreMsg::Reply {
@@ -162,11 +177,16 @@ impl RoomShard {
                 subscribe,
                 reply,
             } => {
-                let state = self.room(&room);
-                if subscribe {
-                    state.subscribers.insert(reply.core);
-                }
-                let answer = fetch(&room, state, kind);
+                let answer = match (subscribe, self.rooms.get(&room)) {
+                    (false, None) => fetch(&room, &RoomState::default(), kind),
+                    _ => {
+                        let state = self.room(&room);
+                        if subscribe {
+                            state.subscribers.insert(reply.core);
+                        }
+                        fetch(&room, state, kind)
+                    }
+                };
                 out.push(
                     reply.core,
                     CoreMsg::Reply {
@@ -184,6 +204,7 @@ impl RoomShard {
                     if let Some(state) = self.rooms.get_mut(&room) {
                         state.subscribers.remove(core);
                     }
+                    self.free(&room);
                 }
                 Channel::User(user) => {
                     if let Some(set) = self.users.get_mut(&user) {
@@ -468,5 +489,50 @@ mod tests {
             (5, 0, true),
             "nothing exists after a seq beyond the latest"
         );
+    }
+
+    #[test]
+    fn rooms_that_hold_nothing_are_not_kept() {
+        let mut h = Harness::new(3);
+        let reply = |ticket| ReplyTo {
+            core: 0,
+            conn: 1,
+            ticket,
+        };
+        for (i, room) in ["a", "b", "c"].into_iter().enumerate() {
+            let kind = FetchKind::Resume { after: 0 };
+            let answer = h.call(CoreMsg::Fetch {
+                room: room.into(),
+                kind,
+                subscribe: false,
+                reply: reply(i as u64),
+            });
+            assert!(matches!(answer.as_slice(), [Reply::Resumed { seq: 0, .. }]));
+        }
+        assert_eq!(h.shard.rooms(), 0, "reading never-used rooms keeps nothing");
+
+        let join = |room: &str, subscribe| CoreMsg::Join {
+            room: room.into(),
+            subscribe,
+            reply: reply(9),
+        };
+        h.call(join("a", true));
+        assert_eq!(h.shard.rooms(), 1);
+        let leave = |room: &str| CoreMsg::Unsubscribe {
+            channel: Channel::Room(room.into()),
+            core: 0,
+        };
+        h.call(leave("a"));
+        assert_eq!(
+            h.shard.rooms(),
+            0,
+            "a joined room nobody wrote to is freed when left"
+        );
+
+        h.call(join("r", true));
+        h.publish("x", 1);
+        h.call(leave("r"));
+        assert_eq!(h.shard.rooms(), 1, "a room with messages keeps its seq");
+        assert_eq!(h.publish("y", 2)["seq"], 2, "and its seq continues");
     }
 }
