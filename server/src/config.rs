@@ -55,6 +55,19 @@ pub struct Config {
     #[arg(long, env = "CHAT_RATE_BURST", default_value_t = 2000.0)]
     pub rate_burst: f64,
 
+    /// Sustained `join`/`history`/`resume` rate allowed per connection, requests per second
+    /// (0 = unlimited); each reads the room's state, and in cluster mode Redis or PostgreSQL.
+    #[arg(long, env = "CHAT_ROOM_RATE_LIMIT", default_value_t = 100.0)]
+    pub room_rate_limit: f64,
+
+    /// Burst allowed above the sustained `join`/`history`/`resume` rate, requests.
+    #[arg(long, env = "CHAT_ROOM_RATE_BURST", default_value_t = 500.0)]
+    pub room_rate_burst: f64,
+
+    /// Most rooms one connection may be a member of at once (direct-message rooms not counted).
+    #[arg(long, env = "CHAT_MAX_ROOMS_PER_CONN", default_value_t = 1000)]
+    pub max_rooms_per_conn: usize,
+
     /// Seconds of silence before a connection is pinged; silent for twice this, it is closed.
     #[arg(long, env = "CHAT_IDLE_PING", default_value_t = 30)]
     pub idle_ping: u64,
@@ -188,6 +201,12 @@ impl Config {
         }
         if self.rate_limit < 0.0 || self.rate_burst < 1.0 {
             return Err("--rate-limit must be >= 0 and --rate-burst >= 1".into());
+        }
+        if self.room_rate_limit < 0.0 || self.room_rate_burst < 1.0 {
+            return Err("--room-rate-limit must be >= 0 and --room-rate-burst >= 1".into());
+        }
+        if self.max_rooms_per_conn == 0 {
+            return Err("--max-rooms-per-conn must be at least 1".into());
         }
         Ok(threads)
     }

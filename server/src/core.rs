@@ -144,6 +144,8 @@ pub struct Conn {
     pub dm_positions: AHashMap<Name, Member>,
     pub replies: ReplyQueue,
     pub rate: TokenBucket,
+    /// The `join`/`history`/`resume` rate limit (`--room-rate-limit`).
+    pub room_rate: TokenBucket,
 }
 
 /// A connection's place in one room's stream.
@@ -269,7 +271,7 @@ impl ReplyQueue {
     }
 }
 
-/// The per-connection `send`/`dm` rate limit.
+/// A per-connection rate limit (`send`/`dm`; `join`/`history`/`resume`).
 pub struct TokenBucket {
     tokens: f64,
     last: Instant,
@@ -358,7 +360,10 @@ impl Core {
             self.out.push(route, msg);
         }
         local.push(id);
-        let burst = self.node.config.rate_burst;
+        let (burst, room_burst) = (
+            self.node.config.rate_burst,
+            self.node.config.room_rate_burst,
+        );
         self.conns.insert(
             id,
             Conn {
@@ -368,6 +373,7 @@ impl Core {
                 dm_positions: AHashMap::new(),
                 replies: ReplyQueue::default(),
                 rate: TokenBucket::new(burst),
+                room_rate: TokenBucket::new(room_burst),
             },
         );
         inc(&self.counters().connections_total);

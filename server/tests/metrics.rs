@@ -76,7 +76,7 @@ async fn acks_and_socket_writes_are_observed_in_histograms() {
 /// continue). Read through `chat_rooms` (issue: 50,000 `history` requests left 50,003 rooms).
 #[tokio::test]
 async fn rooms_that_hold_nothing_are_freed() {
-    let server = Server::start(&["--rate-limit", "0"]);
+    let server = Server::start(&["--room-rate-limit", "0"]);
     let rooms = |metrics: &str| -> f64 { samples(metrics, "chat_rooms").iter().map(|s| s.1).sum() };
     let mut c = Client::connect(&server.ws_url("a"), "a").await;
     c.join("kept").await;

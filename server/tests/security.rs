@@ -243,3 +243,56 @@ async fn unfinished_request_heads_are_cut_and_count_against_the_limit() {
     );
     assert_eq!(upgrade_status(&server.ws_url("real"), None).await, 101);
 }
+
+/// `join`/`history`/`resume` are rate-limited per connection like `send` (each reads a room's
+/// state; in cluster mode Redis and PostgreSQL), and a connection may be in at most
+/// `--max-rooms-per-conn` rooms.
+#[tokio::test]
+async fn room_requests_are_rate_limited_and_rooms_per_connection_bounded() {
+    let server = Server::start(&[
+        "--room-rate-limit",
+        "1",
+        "--room-rate-burst",
+        "5",
+        "--max-rooms-per-conn",
+        "3",
+    ]);
+    let mut c = Client::connect(&server.ws_url("a"), "a").await;
+    for i in 0..3 {
+        c.join(&format!("r{i}")).await;
+    }
+    // A fourth room is refused; the three joined are still served (re-joining one is fine).
+    c.send(json!({"type":"join","room":"r3"})).await;
+    let e = c.expect("error").await;
+    assert_eq!(e["code"], "forbidden", "{e}");
+    assert!(
+        e["message"].as_str().unwrap().contains("at most 3 rooms"),
+        "{e}"
+    );
+    c.send(json!({"type":"resume","room":"r4","after":0})).await;
+    assert_eq!(c.expect("error").await["code"], "forbidden");
+
+    // Five requests were the burst (3 joins + 2 refused); the next ones are over the rate.
+    c.send_all((0..5).map(|_| json!({"type":"history","room":"r0"})))
+        .await;
+    let mut limited = 0;
+    for _ in 0..5 {
+        let m = c.recv().await;
+        if m["type"] == "error" && m["code"] == "rate_limited" {
+            limited += 1;
+        }
+    }
+    assert!(
+        limited >= 4,
+        "history beyond the burst is rate_limited ({limited} of 5)"
+    );
+    // Sends have their own budget.
+    c.send(send_req("r0", "c1", "still sending")).await;
+    c.until("ack").await;
+    // Leaving makes room for another.
+    c.send(json!({"type":"leave","room":"r1"})).await;
+    c.until("left").await;
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    c.send(json!({"type":"join","room":"r5"})).await;
+    assert_eq!(c.expect("joined").await["room"], "r5");
+}

@@ -6,6 +6,8 @@
 //! connection receives every `msg` of the room with seq > `S`, live, in order; none comes before
 //! the `joined` reply. Joining a room again only reports the latest seq. A direct-message room
 //! can be "joined" by its two users (they are members anyway); anyone else gets `forbidden`.
+//! Beyond `--max-rooms-per-conn` rooms: `forbidden`; beyond `--room-rate-limit` join, history
+//! and resume requests per second: `rate_limited`.
 
 use crate::core::Core;
 use crate::fanout::{ConnId, CoreMsg, Name};
@@ -14,8 +16,12 @@ use chat_wire::protocol::RequestError;
 pub fn apply(core: &mut Core, conn: ConnId, room: &str) -> Result<(), RequestError> {
     let own_dm = super::is_own_dm(room, &core.conns[&conn].user)?;
     let room: Name = room.into();
+    let member = own_dm || core.conns[&conn].rooms.contains_key(&room);
+    if !member {
+        super::may_add_room(core, conn)?;
+    }
     let reply = core.ticket(conn, None);
-    let subscribe = if own_dm || core.conns[&conn].rooms.contains_key(&room) {
+    let subscribe = if member {
         false
     } else {
         core.add_member(&room, conn, reply.ticket)

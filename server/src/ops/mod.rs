@@ -15,6 +15,12 @@ use chat_wire::protocol::{dm_members, ClientOp, ErrorCode, RequestError, DM_PREF
 
 /// Serves one decoded request of `conn`. An `Err` is answered as an `error` reply.
 pub fn apply(core: &mut Core, conn: ConnId, op: ClientOp<'_>) -> Result<(), RequestError> {
+    if matches!(
+        op,
+        ClientOp::Join { .. } | ClientOp::History { .. } | ClientOp::Resume { .. }
+    ) {
+        within_room_rate(core, conn)?;
+    }
     match op {
         ClientOp::Join { room } => join::apply(core, conn, room),
         ClientOp::Leave { room } => leave::apply(core, conn, room),
@@ -26,6 +32,36 @@ pub fn apply(core: &mut Core, conn: ConnId, op: ClientOp<'_>) -> Result<(), Requ
             limit,
         } => history::apply(core, conn, room, before, limit),
         ClientOp::Resume { room, after } => resume::apply(core, conn, room, after),
+    }
+}
+
+/// `join`, `history` and `resume` read a room's state (in cluster mode Redis, PostgreSQL):
+/// over `--room-rate-limit` per connection they are answered `rate_limited`.
+fn within_room_rate(core: &mut Core, conn: ConnId) -> Result<(), RequestError> {
+    let cfg = &core.node.config;
+    let (rate, burst) = (cfg.room_rate_limit, cfg.room_rate_burst);
+    let c = core.conns.get_mut(&conn).expect("a live connection");
+    if c.room_rate.take(rate, burst, std::time::Instant::now()) {
+        Ok(())
+    } else {
+        Err(RequestError::new(
+            ErrorCode::RateLimited,
+            format!("over {rate} join/history/resume requests per second"),
+        ))
+    }
+}
+
+/// A connection joining one more room (`join`, `resume`) stays within `--max-rooms-per-conn`,
+/// or gets `forbidden`.
+fn may_add_room(core: &Core, conn: ConnId) -> Result<(), RequestError> {
+    let most = core.node.config.max_rooms_per_conn;
+    if core.conns[&conn].rooms.len() < most {
+        Ok(())
+    } else {
+        Err(RequestError::new(
+            ErrorCode::Forbidden,
+            format!("a connection may be in at most {most} rooms (--max-rooms-per-conn); leave one first"),
+        ))
     }
 }
 

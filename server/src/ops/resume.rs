@@ -7,7 +7,8 @@
 //! `complete` is false when some messages after `A` are no longer held (evicted from the recent
 //! history); what is sent then is the newest run the server still has. Resuming a room the
 //! connection is already in restarts its position at `A`. Direct-message rooms: their two users
-//! only (`forbidden`), and they need no join.
+//! only (`forbidden`), and they need no join. The limits of `join` apply (`--max-rooms-per-conn`,
+//! `--room-rate-limit`).
 
 use crate::bus::memory::FetchKind;
 use crate::core::{Core, Member, MemberState};
@@ -17,6 +18,9 @@ use chat_wire::protocol::RequestError;
 pub fn apply(core: &mut Core, conn: ConnId, room: &str, after: u64) -> Result<(), RequestError> {
     let own_dm = super::is_own_dm(room, &core.conns[&conn].user)?;
     let room: Name = room.into();
+    if !own_dm && !core.conns[&conn].rooms.contains_key(&room) {
+        super::may_add_room(core, conn)?;
+    }
     let reply = core.ticket(conn, None);
     let kind = FetchKind::Resume { after };
     let mut subscribe = false;
