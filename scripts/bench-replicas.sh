@@ -7,6 +7,9 @@
 #
 #   scripts/bench-replicas.sh [rounds] [seconds] [threads]
 #
+# Then the same two settings at an ordinary load (400 msg/s offered, 20 rooms of 10, verified
+# by `loadgen run`), interleaved: ack p50/p99 and server CPU per delivery.
+#
 # Prints each run and the medians; the machine should be quiet (it is shared with the load).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,12 +38,16 @@ done
 redis-cli -p $replica replicaof 127.0.0.1 $master >/dev/null
 until redis-cli -p $replica info replication | grep -q 'master_link_status:up'; do sleep 0.1; done
 
-run() { # replicas -> acked msgs/s
+start_server() { # replicas; sets $server
   redis-cli -p $master flushall >/dev/null
   RUST_LOG=warn "$target/release/chat-server" --listen 127.0.0.1:$port --threads "$threads" \
     --redis "redis://127.0.0.1:$master" --redis-replicas "$1" --rate-limit 0 >/dev/null 2>&1 &
-  local server=$!
+  server=$!
   until curl -fs "127.0.0.1:$port/healthz" >/dev/null 2>&1; do sleep 0.1; done
+}
+
+run() { # replicas -> acked msgs/s
+  start_server "$1"
   local out
   out=$("$target/release/loadgen" flood --url ws://127.0.0.1:$port --conns 20 --window 64 \
     --rooms 10 --body 100 --duration "$seconds")
@@ -72,3 +79,26 @@ m0=$(median "${zero[@]}"); m1=$(median "${one[@]}"); mc=$(median "${ceil[@]}")
 awk -v a="$m0" -v b="$m1" -v c="$mc" 'BEGIN {
   printf "medians: replicas 0 %d/s (%.2f of the ceiling), replicas 1 %d/s (%.2f of the ceiling), ceiling %d/s; replicas 1 / replicas 0 = %.2f\n",
     a, a / c, b, b / c, c, b / a }'
+
+ordinary() { # replicas -> "ack_p50_ms ack_p99_ms cpu_us_per_delivery"
+  start_server "$1"
+  "$target/release/loadgen" run --name "r$1" --results-dir "$dir/results" \
+    --url ws://127.0.0.1:$port --rooms 20 --members 10 --rate 400 --warmup 2 --duration 10 \
+    --server-pids "$server" >/dev/null 2>&1
+  kill $server
+  wait $server 2>/dev/null || true
+  python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); a=r["latency"]["ack"]
+print(a["p50_ms"], a["p99_ms"], round(r["server_cpu_us_per_delivered"] or 0, 2), "ok" if r["verdict"]["ok"] else "NOT VERIFIED")' \
+    "$dir/results/r$1/result.json"
+}
+p0=() p1=()
+for r in $(seq "$rounds"); do
+  a=$(ordinary 0); b=$(ordinary 1)
+  p0+=("$a"); p1+=("$b")
+  echo "400 msg/s round $r: --redis-replicas 0: ack p50/p99 ms, CPU us/delivery: $a   --redis-replicas 1: $b"
+done
+col() { local i=$1; shift; printf '%s\n' "$@" | awk -v i="$i" '{print $i}'; }
+for n in 0 1; do
+  if [ $n = 0 ]; then set -- "${p0[@]}"; else set -- "${p1[@]}"; fi
+  echo "400 msg/s medians, --redis-replicas $n: ack p50 $(median $(col 1 "$@")) ms, p99 $(median $(col 2 "$@")) ms, server CPU $(median $(col 3 "$@")) us/delivery"
+done
