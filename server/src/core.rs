@@ -14,6 +14,7 @@
 //! then sends only those after the seq that reply named: no gap, no duplicate, and never a
 //! message before the reply that introduces it.
 
+use crate::accept::{out_of_descriptors, Acceptor};
 use crate::bus::memory::{MemoryConfig, RoomShard};
 use crate::connection::{self, ConnIo};
 use crate::fanout::{Channel, ConnId, CoreId, CoreMsg, Name, Outbox, Reply, ReplyTo};
@@ -71,15 +72,22 @@ async fn serve(
     let _ = ready.send(());
 
     let mut stop = std::pin::pin!(stop_rx);
+    let mut acceptor = Acceptor::new();
     loop {
         monoio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _peer)) => {
+                    acceptor.accepted();
                     monoio::spawn(connection::serve(core.clone(), stream));
                 }
+                Err(e) if out_of_descriptors(&e) => {
+                    inc(&node.metrics.cores[id].accept_fd_exhausted);
+                    acceptor.out_of_descriptors(id, &listener, &e).await;
+                }
                 Err(e) => {
-                    tracing::warn!(core = id, error = %e, "accept failed");
-                    monoio::time::sleep(Duration::from_millis(10)).await;
+                    // The peer gave up before its connection was taken (ECONNABORTED) or the
+                    // like: nothing to wait for.
+                    tracing::debug!(core = id, error = %e, "accept failed");
                 }
             },
             _ = &mut stop => break,

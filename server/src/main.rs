@@ -5,6 +5,7 @@
 //! [`bus::memory`] assigns its seq, stores it and sends it to every core with members, and
 //! [`core`] writes the shared frame to each member's socket.
 
+mod accept;
 mod auth;
 mod bus;
 mod config;

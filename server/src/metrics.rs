@@ -18,6 +18,8 @@ pub struct CoreCounters {
     /// Accepted sockets still sending their request head (gauge), and heads that timed out.
     pub handshaking: AtomicU64,
     pub head_timeouts: AtomicU64,
+    /// Accepts that failed for want of a file descriptor (EMFILE/ENFILE; see accept.rs).
+    pub accept_fd_exhausted: AtomicU64,
     pub connections_total: AtomicU64,
     pub http_requests: AtomicU64,
     /// Client requests decoded (any type).
@@ -117,7 +119,7 @@ impl Metrics {
     pub fn render(&self, draining: bool) -> String {
         let mut out = String::with_capacity(4096);
         type Field = fn(&CoreCounters) -> &AtomicU64;
-        let series: [(&str, &str, &str, Field); 19] = [
+        let series: [(&str, &str, &str, Field); 20] = [
             (
                 "chat_connections",
                 "gauge",
@@ -135,6 +137,12 @@ impl Metrics {
                 "counter",
                 "Request heads not finished within --head-timeout-ms (answered 408, closed).",
                 |c| &c.head_timeouts,
+            ),
+            (
+                "chat_accept_fd_exhausted_total",
+                "counter",
+                "Accepts that failed for want of a file descriptor (the waiting connection is answered 503).",
+                |c| &c.accept_fd_exhausted,
             ),
             (
                 "chat_connections_total",

@@ -296,3 +296,65 @@ async fn room_requests_are_rate_limited_and_rooms_per_connection_bounded() {
     c.send(json!({"type":"join","room":"r5"})).await;
     assert_eq!(c.expect("joined").await["room"], "r5");
 }
+
+/// Out of file descriptors, a waiting client is answered `503` at once (not left in the
+/// backlog), the node counts it, and it accepts again as soon as descriptors free up.
+#[tokio::test]
+async fn out_of_file_descriptors_is_answered_503_and_recovers() {
+    let server = Server::start(&[]);
+    let pid = server.child.id();
+    let open = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count();
+    let limit = format!("--nofile={}:{}", open + 4, open + 4);
+    let status = std::process::Command::new("prlimit")
+        .args(["--pid", &pid.to_string(), &limit])
+        .status()
+        .expect("prlimit (util-linux)");
+    assert!(status.success());
+
+    let url = server.ws_url("a");
+    let mut held = Vec::new();
+    let refused = loop {
+        assert!(held.len() < 20, "never ran out of descriptors");
+        let attempt = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            tokio_tungstenite::connect_async(url.as_str()),
+        )
+        .await
+        .expect("a client at the descriptor limit is answered, not left waiting");
+        match attempt {
+            Ok((ws, _)) => held.push(ws),
+            Err(WsError::Http(resp)) => break resp,
+            Err(e) => panic!("{e}"),
+        }
+    };
+    assert_eq!(refused.status().as_u16(), 503);
+    assert_eq!(
+        refused
+            .headers()
+            .get("retry-after")
+            .map(|v| v.to_str().unwrap()),
+        Some("1")
+    );
+    assert!(!held.is_empty(), "some connections fit under the limit");
+
+    // Descriptors free up: the node accepts again.
+    held.clear();
+    let mut back = false;
+    for _ in 0..50 {
+        if upgrade_status(&url, None).await == 101 {
+            back = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(back, "accepts again once connections closed");
+    let (_, metrics) = support::client::http_get(server.addr, "/metrics").await;
+    let exhausted: f64 = metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("chat_accept_fd_exhausted_total"))
+        .filter_map(|rest| rest.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum();
+    assert!(exhausted >= 1.0, "counted: {exhausted}");
+}
