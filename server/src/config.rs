@@ -157,6 +157,11 @@ pub struct Config {
     #[arg(long, env = "CHAT_MAX_CONNECTIONS", default_value_t = 200_000)]
     pub max_connections: u64,
 
+    /// Most sockets one client address may hold at once, upgraded or handshaking (0 = no
+    /// limit; behind a proxy every client shares its address). `429` beyond.
+    #[arg(long, env = "CHAT_MAX_CONNECTIONS_PER_IP", default_value_t = 0)]
+    pub max_connections_per_ip: u32,
+
     /// Seconds to keep serving after SIGTERM (health turns 503, new sends get `unavailable`)
     /// before connections are closed with 1001.
     #[arg(long, env = "CHAT_DRAIN_GRACE", default_value_t = 2.0)]

@@ -48,7 +48,7 @@ const READ_MIN: usize = 4 * 1024;
 const READ_MAX: usize = 16 * 1024;
 
 /// Serves one accepted TCP connection to the end.
-pub async fn serve(core: CoreRef, mut stream: TcpStream) {
+pub async fn serve(core: CoreRef, mut stream: TcpStream, peer: std::net::IpAddr) {
     let _ = stream.set_nodelay(true);
     let node = core.borrow().node.clone();
     let core_id = core.borrow().id;
@@ -61,6 +61,16 @@ pub async fn serve(core: CoreRef, mut stream: TcpStream) {
         let _ = stream.write_all(resp).await;
         return;
     }
+    // Held until the connection ends: its place in its address's count.
+    let Some(_per_ip) = node.per_ip.take(peer) else {
+        let resp = chat_wire::handshake::http_response(
+            429,
+            "text/plain",
+            b"too many connections from this address\n",
+        );
+        let _ = stream.write_all(resp).await;
+        return;
+    };
     counters
         .handshaking
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -76,9 +76,9 @@ async fn serve(
     loop {
         monoio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => {
+                Ok((stream, peer)) => {
                     acceptor.accepted();
-                    monoio::spawn(connection::serve(core.clone(), stream));
+                    monoio::spawn(connection::serve(core.clone(), stream, peer.ip()));
                 }
                 Err(e) if out_of_descriptors(&e) => {
                     inc(&node.metrics.cores[id].accept_fd_exhausted);

@@ -17,6 +17,7 @@ mod log;
 mod metrics;
 mod node;
 mod ops;
+mod per_ip;
 mod store;
 
 use clap::Parser;

@@ -21,6 +21,8 @@ pub struct Node {
     draining: AtomicBool,
     /// Token checks, when `--jwt-secret` is set.
     pub auth: Option<crate::auth::JwtAuth>,
+    /// Sockets per client address (`--max-connections-per-ip`).
+    pub per_ip: crate::per_ip::PerIp,
 }
 
 impl Node {
@@ -35,6 +37,7 @@ impl Node {
             node_id: fastrand::u64(..),
             draining: AtomicBool::new(false),
             auth: config.jwt_secret.as_deref().map(crate::auth::JwtAuth::new),
+            per_ip: crate::per_ip::PerIp::new(config.max_connections_per_ip),
             config,
         })
     }

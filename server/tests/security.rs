@@ -358,3 +358,34 @@ async fn out_of_file_descriptors_is_answered_503_and_recovers() {
         .sum();
     assert!(exhausted >= 1.0, "counted: {exhausted}");
 }
+
+/// `--max-connections-per-ip`: one address holds at most that many sockets (handshaking ones
+/// included); the next gets `429`, and a closed one frees its place.
+#[tokio::test]
+async fn connections_per_address_are_bounded() {
+    let server = Server::start(&["--max-connections-per-ip", "3"]);
+    let url = server.ws_url("a");
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        held.push(
+            tokio_tungstenite::connect_async(url.as_str())
+                .await
+                .unwrap()
+                .0,
+        );
+    }
+    // A socket that never finishes its head holds a place too.
+    let _slow = std::net::TcpStream::connect(server.addr).unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert_eq!(upgrade_status(&url, None).await, 429);
+    held.pop();
+    let mut back = 0;
+    for _ in 0..50 {
+        back = upgrade_status(&url, None).await;
+        if back == 101 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(back, 101, "a closed connection gives its place back");
+}
