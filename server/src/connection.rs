@@ -212,11 +212,15 @@ async fn read_loop(
         if io.is_closing() {
             buf.clear();
         }
-        // Back-pressure: stop reading while too many requests are unanswered.
+        // Back-pressure: stop reading while too many requests are unanswered, or while a
+        // replay larger than the outbound limit waits to be read by the client.
         poll_fn(|cx| {
             let c = core.borrow();
             match c.conns.get(&conn) {
-                Some(state) if state.replies.in_flight() >= max_inflight && !io.is_closing() => {
+                Some(state)
+                    if (state.replies.in_flight() >= max_inflight || io.replay_backlog())
+                        && !io.is_closing() =>
+                {
                     io.park_reader(cx.waker());
                     Poll::Pending
                 }
@@ -405,8 +409,12 @@ pub struct ConnIo {
 }
 
 struct OutState {
-    queue: VecDeque<Bytes>,
+    /// Frames to write, in order; `true` marks a replay frame (see [`ConnIo::send_replay`]).
+    queue: VecDeque<(Bytes, bool)>,
+    /// Bytes of the queued frames that are not replays: what `--outbound-limit` bounds.
     queued_bytes: usize,
+    /// Bytes of the queued replay frames.
+    replay_bytes: usize,
     /// When the queue last went from empty to not empty: the oldest queued frame's wait starts
     /// no later (read once per burst, not per frame; `chat_outbound_queue_wait_seconds`).
     waiting_since: Option<Instant>,
@@ -433,6 +441,7 @@ impl ConnIo {
             state: RefCell::new(OutState {
                 queue: VecDeque::new(),
                 queued_bytes: 0,
+                replay_bytes: 0,
                 waiting_since: None,
                 writer: None,
                 reader: None,
@@ -454,6 +463,7 @@ impl ConnIo {
         if st.queued_bytes + frame.len() > self.limit {
             st.queue.clear();
             st.queued_bytes = 0;
+            st.replay_bytes = 0;
             drop(st);
             inc(&self.node.metrics.cores[self.core].slow_consumers);
             self.close(
@@ -466,10 +476,35 @@ impl ConnIo {
             st.waiting_since = Some(Instant::now());
         }
         st.queued_bytes += frame.len();
-        st.queue.push_back(frame);
+        st.queue.push_back((frame, false));
         if let Some(w) = st.writer.take() {
             w.wake();
         }
+    }
+
+    /// Queues a frame of a reply (`resume`'s messages, `history`) outside `--outbound-limit`:
+    /// a backlog larger than the limit reaches a client that reads it, at its pace. What bounds
+    /// it instead: while more than the limit of replay bytes wait, the reader takes no new
+    /// request from the client ([`ConnIo::replay_backlog`]), so a client that stops reading
+    /// asks for nothing more, stops answering pings, and is closed as idle.
+    pub fn send_replay(&self, frame: Bytes) {
+        let mut st = self.state.borrow_mut();
+        if st.closing_since.is_some() || st.dead {
+            return;
+        }
+        if st.queue.is_empty() {
+            st.waiting_since = Some(Instant::now());
+        }
+        st.replay_bytes += frame.len();
+        st.queue.push_back((frame, true));
+        if let Some(w) = st.writer.take() {
+            w.wake();
+        }
+    }
+
+    /// Whether replay frames beyond `--outbound-limit` wait: the reader then takes no request.
+    pub fn replay_backlog(&self) -> bool {
+        self.state.borrow().replay_bytes > self.limit
     }
 
     /// Starts closing with a status code: the frames already queued go first.
@@ -483,7 +518,7 @@ impl ConnIo {
             return;
         }
         st.queued_bytes += frame.len();
-        st.queue.push_back(frame);
+        st.queue.push_back((frame, false));
         st.closing_since = Some(Instant::now());
         if let Some(w) = st.writer.take() {
             w.wake();
@@ -518,6 +553,7 @@ impl ConnIo {
         st.dead = true;
         st.queue.clear();
         st.queued_bytes = 0;
+        st.replay_bytes = 0;
     }
 
     /// The reader has ended: let the writer finish and forget the descriptor.
@@ -550,10 +586,23 @@ impl ConnIo {
             return Poll::Pending;
         }
         let n = st.queue.len().min(WRITE_BATCH);
-        let start = frames.len();
-        frames.extend(st.queue.drain(..n));
-        let bytes = frames[start..].iter().map(Bytes::len).sum::<usize>();
-        st.queued_bytes -= bytes;
+        let (mut bytes, mut replayed) = (0, 0);
+        for (frame, replay) in st.queue.drain(..n) {
+            bytes += frame.len();
+            if replay {
+                replayed += frame.len();
+            }
+            frames.push(frame);
+        }
+        st.queued_bytes -= bytes - replayed;
+        let was_backlogged = st.replay_bytes > self.limit;
+        st.replay_bytes -= replayed;
+        if was_backlogged && st.replay_bytes <= self.limit {
+            // The reader waits for the replay to drain (replay_backlog).
+            if let Some(w) = st.reader.take() {
+                w.wake();
+            }
+        }
         // What is left keeps the same start: an upper bound of its oldest frame's wait.
         let since = if st.queue.is_empty() {
             st.waiting_since.take()

@@ -607,9 +607,11 @@ impl Core {
                 counters.ack_latency.observe(read.elapsed());
             }
             match ready {
-                Ready::Frames(frames) => frames.into_iter().for_each(|f| conn.io.send(f)),
+                // Replies are bounded by the request (a `history` page, a `resume` backlog):
+                // written at the client's pace, outside --outbound-limit (ConnIo::send_replay).
+                Ready::Frames(frames) => frames.into_iter().for_each(|f| conn.io.send_replay(f)),
                 Ready::Start { room, seq, frames } => {
-                    frames.into_iter().for_each(|f| conn.io.send(f));
+                    frames.into_iter().for_each(|f| conn.io.send_replay(f));
                     // Go live: the member this request created (a room) or the DM position.
                     if let Some(m) = conn
                         .dm_positions
