@@ -328,7 +328,6 @@ mod tests {
         mock.request_errors(RDKafkaApiKey::Produce, &refusals);
         let stuck = log.produce("r", b"refused");
         tokio::time::sleep(log.stall_after * 2).await;
-        mock.clear_request_errors(RDKafkaApiKey::Produce);
         let why = log.renew_if_failed().await.expect("replaced");
         assert!(
             why.contains("none delivered while the broker answers"),
@@ -336,6 +335,7 @@ mod tests {
         );
         let old = stuck.wait().await;
         assert!(old.is_err(), "what the old producer held fails: {old:?}");
+        mock.clear_request_errors(RDKafkaApiKey::Produce);
         log.produce("r", b"after")
             .wait()
             .await
