@@ -430,6 +430,24 @@ struct OutState {
     pinged: bool,
 }
 
+impl OutState {
+    /// Appends a frame (a replay frame or not, see [`ConnIo::send_replay`]) and wakes the writer.
+    fn push(&mut self, frame: Bytes, replay: bool) {
+        if self.queue.is_empty() {
+            self.waiting_since = Some(Instant::now());
+        }
+        if replay {
+            self.replay_bytes += frame.len();
+        } else {
+            self.queued_bytes += frame.len();
+        }
+        self.queue.push_back((frame, replay));
+        if let Some(w) = self.writer.take() {
+            w.wake();
+        }
+    }
+}
+
 impl ConnIo {
     fn new(fd: RawFd, node: Arc<Node>, core: CoreId) -> Self {
         ConnIo {
@@ -472,14 +490,7 @@ impl ConnIo {
             );
             return;
         }
-        if st.queue.is_empty() {
-            st.waiting_since = Some(Instant::now());
-        }
-        st.queued_bytes += frame.len();
-        st.queue.push_back((frame, false));
-        if let Some(w) = st.writer.take() {
-            w.wake();
-        }
+        st.push(frame, false);
     }
 
     /// Queues a frame of a reply (`resume`'s messages, `history`) outside `--outbound-limit`:
@@ -492,14 +503,7 @@ impl ConnIo {
         if st.closing_since.is_some() || st.dead {
             return;
         }
-        if st.queue.is_empty() {
-            st.waiting_since = Some(Instant::now());
-        }
-        st.replay_bytes += frame.len();
-        st.queue.push_back((frame, true));
-        if let Some(w) = st.writer.take() {
-            w.wake();
-        }
+        st.push(frame, true);
     }
 
     /// Whether replay frames beyond `--outbound-limit` wait: the reader then takes no request.

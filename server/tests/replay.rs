@@ -15,10 +15,8 @@ use support::Server;
 const MESSAGES: usize = 300;
 const BODY: usize = 15_000;
 
-/// Fills room `big` with 300 messages of 15 KB (4.5 MB, over the 1 MB outbound limit), then
-/// resumes it from the start and reads `history` of it with a fresh client reading as fast
-/// as it can. Returns how long the resume took.
-async fn backlog_reaches_a_fast_reader(server: &Server) -> Duration {
+/// Sends 300 messages of 15 KB to room `big`, each acked.
+async fn fill_big(server: &Server) {
     let body = "x".repeat(BODY);
     let mut sender = Client::connect(&server.ws_url("sender"), "sender").await;
     sender.join("big").await;
@@ -26,6 +24,13 @@ async fn backlog_reaches_a_fast_reader(server: &Server) -> Duration {
         sender.send(send_req("big", &format!("c{i}"), &body)).await;
         sender.until("ack").await;
     }
+}
+
+/// Fills room `big` with 300 messages of 15 KB (4.5 MB, over the 1 MB outbound limit), then
+/// resumes it from the start and reads `history` of it with a fresh client reading as fast
+/// as it can. Returns how long the resume took.
+async fn backlog_reaches_a_fast_reader(server: &Server) -> Duration {
+    fill_big(server).await;
 
     let mut reader = Client::connect(&server.ws_url("reader"), "reader").await;
     let started = Instant::now();
@@ -104,13 +109,7 @@ async fn a_backlog_larger_than_the_outbound_limit_reaches_a_fast_reader_with_red
 #[tokio::test]
 async fn a_client_that_stops_reading_a_replay_is_cut() {
     let server = Server::start(&args(&["--idle-ping", "1"]));
-    let body = "x".repeat(BODY);
-    let mut sender = Client::connect(&server.ws_url("sender"), "sender").await;
-    sender.join("big").await;
-    for i in 0..MESSAGES {
-        sender.send(send_req("big", &format!("c{i}"), &body)).await;
-        sender.until("ack").await;
-    }
+    fill_big(&server).await;
     // A raw socket: it sends its upgrade and many history requests, then never reads.
     use std::io::Write;
     let mut raw = std::net::TcpStream::connect(server.addr).unwrap();
