@@ -32,6 +32,13 @@ pub struct Config {
     #[arg(long, env = "CHAT_HISTORY_LEN", default_value_t = 1000)]
     pub history_len: usize,
 
+    /// Standalone: bytes the recent messages of all rooms may take together (MiB), whatever
+    /// the clients send; past it the oldest messages of any room are evicted first (their
+    /// room keeps its seq, and `resume` reports `complete: false` beyond what is left).
+    /// Cluster mode keeps this cache in Redis (bounded by --history-len per room).
+    #[arg(long, env = "CHAT_HISTORY_MEMORY_MB", default_value_t = 512)]
+    pub history_memory_mb: usize,
+
     /// Bytes queued for one slow connection before it is disconnected (close 1008).
     #[arg(long, env = "CHAT_OUTBOUND_LIMIT", default_value_t = 4 * 1024 * 1024)]
     pub outbound_limit: usize,
@@ -136,6 +143,16 @@ pub struct Config {
     /// read past the Redis cache from it. Needs `--redis`.
     #[arg(long, env = "CHAT_POSTGRES_URL")]
     pub postgres: Option<String>,
+
+    /// Most `history`/`resume` replays reading PostgreSQL at once on this node (a reconnect
+    /// storm cannot melt the database); the others wait, up to --pg-replay-wait seconds, and
+    /// are then answered `unavailable`. A replay holds its place while its client reads it.
+    #[arg(long, env = "CHAT_PG_REPLAYS", default_value_t = 16)]
+    pub pg_replays: usize,
+
+    /// How long a replay waits for one of the --pg-replays places, seconds.
+    #[arg(long, env = "CHAT_PG_REPLAY_WAIT", default_value_t = 10.0)]
+    pub pg_replay_wait: f64,
 
     /// HS256 secret: when set, every WebSocket needs `?token=<JWT>` (`sub` = user id, `exp`
     /// checked) and `?user=` is ignored; a bad or missing token gets 401 before the upgrade.

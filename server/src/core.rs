@@ -16,11 +16,12 @@
 
 use crate::accept::{out_of_descriptors, Acceptor};
 use crate::bus::memory::{MemoryConfig, RoomShard};
-use crate::connection::{self, ConnIo};
+use crate::connection;
 use crate::fanout::{Channel, ConnId, CoreId, CoreMsg, Name, Outbox, Reply, ReplyTo};
 use crate::metrics::{inc, CoreCounters};
 use crate::node::Node;
 use crate::ops;
+use crate::outbound::ConnIo;
 use ahash::AHashMap;
 use bytes::Bytes;
 use chat_wire::protocol::{reply, Decoder, RequestError};
@@ -222,6 +223,8 @@ pub struct ReplyQueue {
     next_ticket: u64,
     /// `(ticket, reply once known, when a timed request was read)`, ascending by ticket.
     slots: VecDeque<(u64, Option<Ready>, Option<Instant>)>,
+    /// The first frames of replies that are not at the front yet (`Reply::ResumePart`).
+    early: AHashMap<u64, Vec<Bytes>>,
 }
 
 /// A reply ready to go out.
@@ -257,6 +260,18 @@ impl ReplyQueue {
         self.slots.len()
     }
 
+    /// Frames that open the reply to `ticket`: given back to be sent now when every reply
+    /// before it is out, else kept until the reply is complete and its turn comes (`None`).
+    fn part(&mut self, ticket: u64, frames: Vec<Bytes>) -> Option<Vec<Bytes>> {
+        if self.slots.front().is_some_and(|s| s.0 == ticket) && !self.early.contains_key(&ticket) {
+            return Some(frames);
+        }
+        if self.slots.iter().any(|s| s.0 == ticket) {
+            self.early.entry(ticket).or_default().extend(frames);
+        }
+        None
+    }
+
     fn fill(&mut self, ticket: u64, ready: Ready) {
         let Some(front) = self.slots.front().map(|s| s.0) else {
             return;
@@ -270,12 +285,20 @@ impl ReplyQueue {
         }
     }
 
-    fn pop_ready(&mut self) -> Option<(u64, Ready, Option<Instant>)> {
+    /// The front reply once complete, with the frames that came before it (`part`).
+    fn pop_ready(&mut self) -> Option<(u64, Vec<Bytes>, Ready, Option<Instant>)> {
         if matches!(self.slots.front(), Some((_, Some(_), _))) {
             let (t, r, read) = self.slots.pop_front().unwrap();
-            return Some((t, r.unwrap(), read));
+            let early = self.early.remove(&t).unwrap_or_default();
+            return Some((t, early, r.unwrap(), read));
         }
         None
+    }
+
+    /// Frames held for the front reply, to send now that it is at the front.
+    fn take_front_early(&mut self) -> Option<Vec<Bytes>> {
+        let front = self.slots.front()?.0;
+        self.early.remove(&front)
     }
 }
 
@@ -330,6 +353,7 @@ impl Core {
             history_len: cfg.history_len,
             dedupe_window_ms: cfg.dedupe_window * 1000,
             dedupe_capacity: cfg.dedupe_capacity,
+            history_memory: (cfg.history_memory_mb << 20) / node.threads.max(1),
         };
         Core {
             id,
@@ -422,6 +446,7 @@ impl Core {
         }
         if local.members.is_empty() {
             self.rooms.remove(room);
+            crate::bus::memory::shrink_if_sparse(&mut self.rooms);
             let msg = CoreMsg::Unsubscribe {
                 channel: Channel::Room(room.clone()),
                 core: self.id,
@@ -521,6 +546,9 @@ impl Core {
                     let (pairs, evicted) = self.shard.dedupe_stats();
                     c.dedupe_pairs.store(pairs as u64, Relaxed);
                     c.dedupe_evicted_early.store(evicted, Relaxed);
+                    let (bytes, evicted) = self.shard.history_stats();
+                    c.history_bytes.store(bytes as u64, Relaxed);
+                    c.history_evicted.store(evicted, Relaxed);
                 }
                 if self.shard.rooms() != before {
                     self.counters()
@@ -563,6 +591,17 @@ impl Core {
 
     fn on_reply(&mut self, to: ReplyTo, reply: Reply) {
         let ready = match reply {
+            Reply::ResumePart(frames) => {
+                let Some(conn) = self.conns.get_mut(&to.conn) else {
+                    return;
+                };
+                let held: usize = frames.iter().map(Bytes::len).sum();
+                match conn.replies.part(to.ticket, frames) {
+                    Some(now) => now.into_iter().for_each(|f| conn.io.send_replay(f)),
+                    None => conn.io.hold_replay(held as isize),
+                }
+                return;
+            }
             Reply::Frames(frames) => Ready::Frames(frames),
             Reply::Joined { room, seq } => {
                 let frames = vec![reply::joined(&room, seq)];
@@ -602,10 +641,11 @@ impl Core {
         let mut delivered = 0;
         let mut dropped = Vec::new();
         let counters = &self.node.metrics.cores[self.id];
-        while let Some((ticket, ready, read)) = conn.replies.pop_ready() {
+        while let Some((ticket, early, ready, read)) = conn.replies.pop_ready() {
             if let Some(read) = read {
                 counters.ack_latency.observe(read.elapsed());
             }
+            send_held(&conn.io, early);
             match ready {
                 // Replies are bounded by the request (a `history` page, a `resume` backlog):
                 // written at the client's pace, outside --outbound-limit (ConnIo::send_replay).
@@ -660,6 +700,10 @@ impl Core {
         let Some(conn) = self.conns.get_mut(&conn_id) else {
             return;
         };
+        // The next reply may have sent its first frames early (a resume's pages): out now.
+        if let Some(early) = conn.replies.take_front_early() {
+            send_held(&conn.io, early);
+        }
         if conn.replies.in_flight() < max_inflight {
             conn.io.wake_reader();
         }
@@ -672,4 +716,14 @@ impl Core {
             conn.io.close(code, reason);
         }
     }
+}
+
+/// Sends frames the reply queue held back (counted in the connection's replay gauge meanwhile).
+fn send_held(io: &ConnIo, frames: Vec<Bytes>) {
+    if frames.is_empty() {
+        return;
+    }
+    let held: usize = frames.iter().map(Bytes::len).sum();
+    io.hold_replay(-(held as isize));
+    frames.into_iter().for_each(|f| io.send_replay(f));
 }

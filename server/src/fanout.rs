@@ -17,6 +17,7 @@ use bytes::Bytes;
 use crossbeam_queue::SegQueue;
 use std::cell::{Cell, RefCell};
 use std::future::poll_fn;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::task::{Poll, Waker};
 
@@ -33,6 +34,31 @@ pub struct ReplyTo {
     pub core: CoreId,
     pub conn: ConnId,
     pub ticket: u64,
+}
+
+/// How much of a connection's replay is queued but not yet written, read by the bus thread
+/// between the pages of a replay from PostgreSQL (the connection's core writes it).
+#[derive(Debug, Default)]
+pub struct ReplayGauge {
+    waiting: AtomicUsize,
+    gone: AtomicBool,
+}
+
+impl ReplayGauge {
+    pub fn set_waiting(&self, bytes: usize) {
+        self.waiting.store(bytes, Relaxed);
+    }
+    pub fn set_gone(&self) {
+        self.gone.store(true, Relaxed);
+    }
+    /// Replay bytes not yet written.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Relaxed)
+    }
+    /// The connection is closed: nobody reads the rest.
+    pub fn is_gone(&self) -> bool {
+        self.gone.load(Relaxed)
+    }
 }
 
 /// A subscription channel: a room's members, or a user's connections (for direct messages).
@@ -55,12 +81,14 @@ pub enum CoreMsg {
         subscribe: bool,
         reply: ReplyTo,
     },
-    /// History page or resume, served from the owner's recent messages.
+    /// History page or resume, served from the owner's recent messages (and, in cluster
+    /// mode, PostgreSQL, read at the pace `gauge` shows the connection writing).
     Fetch {
         room: Name,
         kind: FetchKind,
         subscribe: bool,
         reply: ReplyTo,
+        gauge: Arc<ReplayGauge>,
     },
     Subscribe {
         channel: Channel,
@@ -105,6 +133,9 @@ pub enum Reply {
     Joined { room: Name, seq: u64 },
     /// A `join` or `resume` that could not be served: the `error` frame to send.
     Failed { room: Name, error: Bytes },
+    /// The first messages of a `resume` (a page read from PostgreSQL), sent as soon as the
+    /// replies before it are out; the rest and the `resumed` frame follow as `Resumed`.
+    ResumePart(Vec<Bytes>),
     /// `resume`: every stored message after the requested seq, the latest seq, and whether
     /// nothing in between was missing.
     Resumed {

@@ -17,6 +17,7 @@ mod log;
 mod metrics;
 mod node;
 mod ops;
+mod outbound;
 mod per_ip;
 mod store;
 
@@ -151,6 +152,8 @@ fn cluster_config(config: &config::Config) -> Option<bus::cluster::ClusterConfig
         history_len: config.history_len,
         dedupe_ttl_secs: config.dedupe_window,
         postgres: config.postgres.clone(),
+        pg_replays: config.pg_replays.max(1),
+        pg_replay_wait: std::time::Duration::from_secs_f64(config.pg_replay_wait.max(0.0)),
         replicas: config.redis_replicas,
         wait_ms: config.redis_wait_ms,
     })

@@ -23,7 +23,7 @@
 use super::memory::{CoreSet, FetchKind, PublishRequest};
 use super::redis::{self as keys, RedisConn, PUBLISH_LUA, READ_AFTER_LUA};
 use super::replication;
-use crate::fanout::{Channel, CoreId, CoreMsg, Name, Reply, ReplyTo};
+use crate::fanout::{Channel, CoreId, CoreMsg, Name, ReplayGauge, Reply, ReplyTo};
 use crate::log::kafka::{Delivery, KafkaConfig, KafkaLog};
 use crate::metrics::{add, inc};
 use crate::node::Node;
@@ -32,6 +32,7 @@ use ahash::AHashMap;
 use bytes::{Bytes, BytesMut};
 use chat_wire::frame::{encode_frame, OpCode};
 use chat_wire::protocol::{reply, ErrorCode, Msg, RequestError};
+use from_store::{StoreReplay, BUSY};
 use futures_util::stream::{FuturesOrdered, StreamExt};
 use futures_util::FutureExt;
 use redis::{PushInfo, PushKind, RedisResult, Value};
@@ -44,11 +45,8 @@ use tokio::sync::mpsc;
 
 mod catch_up;
 mod dm_index;
+mod from_store;
 mod topology;
-
-/// Most messages one `resume` reads from PostgreSQL (the newest of the missing range); beyond
-/// it the reply says `complete: false`.
-const RESUME_FROM_STORE_MAX: u32 = 10_000;
 
 /// How long the bus waits at shutdown for records still on their way to Kafka.
 pub const KAFKA_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -81,6 +79,10 @@ pub struct ClusterConfig {
     /// PostgreSQL (written by the persister): history and resume past the cache, and the seq
     /// floor of rooms Redis no longer knows.
     pub postgres: Option<String>,
+    /// Most replays reading PostgreSQL at once (`--pg-replays`), and how long one waits for
+    /// its turn before `unavailable`.
+    pub pg_replays: usize,
+    pub pg_replay_wait: Duration,
     /// Replicas each write must reach before anything of it is shown (`--redis-replicas`).
     pub replicas: u32,
     /// Longest `WAIT` for them, ms.
@@ -134,6 +136,8 @@ struct Bus {
     read_sha: RefCell<String>,
     kafka: Option<KafkaLog>,
     pg: Option<PgStore>,
+    /// Places for replays reading PostgreSQL (`--pg-replays`, [`from_store`]).
+    pg_replays: tokio::sync::Semaphore,
     state: RefCell<State>,
     id_prefix: String,
 }
@@ -288,6 +292,7 @@ impl Bus {
             .map(|url| PgStore::new(url, node.clone()));
         Ok(Rc::new(Bus {
             id_prefix: format!("{:016x}-", node.node_id),
+            pg_replays: tokio::sync::Semaphore::new(cfg.pg_replays),
             node,
             cfg,
             redis: RefCell::new(redis),
@@ -339,8 +344,10 @@ impl BusExt for Rc<Bus> {
                         kind,
                         subscribe,
                         reply,
+                        gauge,
                     } => {
-                        tokio::task::spawn_local(self.clone().fetch(room, kind, subscribe, reply));
+                        let fetch = self.clone().fetch(room, kind, subscribe, reply, gauge);
+                        tokio::task::spawn_local(fetch);
                     }
                     CoreMsg::Subscribe {
                         channel: Channel::User(user),
@@ -961,7 +968,14 @@ impl Bus {
         }
     }
 
-    async fn fetch(self: Rc<Self>, room: Name, kind: FetchKind, subscribe: bool, to: ReplyTo) {
+    async fn fetch(
+        self: Rc<Self>,
+        room: Name,
+        kind: FetchKind,
+        subscribe: bool,
+        to: ReplyTo,
+        gauge: Arc<ReplayGauge>,
+    ) {
         if subscribe {
             if let Err(e) = self.subscribe_room(&room, to.core).await {
                 tracing::warn!(%room, error = %e, "SUBSCRIBE failed");
@@ -993,27 +1007,17 @@ impl Bus {
                         msgs.reverse();
                         // Older than the cache holds: the rest of the page from PostgreSQL.
                         if msgs.len() < limit as usize {
-                            if let Some(pg) = &self.pg {
-                                let oldest = msgs.first().and_then(|m| msg_head(m)).map(|h| h.seq);
-                                let older_than = oldest.or(before).unwrap_or(u64::MAX);
-                                match pg
-                                    .page_before(&room, older_than, limit - msgs.len() as u32)
-                                    .await
-                                {
-                                    Ok(mut older) => {
-                                        older.append(&mut msgs);
-                                        msgs = older;
-                                    }
-                                    Err(e) => {
-                                        tracing::warn!(%room, error = %e, "history from PostgreSQL failed");
-                                        self.reply_error(
-                                            to,
-                                            ErrorCode::Unavailable,
-                                            "PostgreSQL is unavailable; retry",
-                                            None,
-                                        );
-                                        return;
-                                    }
+                            let oldest = msgs.first().and_then(|m| msg_head(m)).map(|h| h.seq);
+                            let older_than = oldest.or(before).unwrap_or(u64::MAX);
+                            let wanted = limit - msgs.len() as u32;
+                            match self.history_from_store(&room, older_than, wanted).await {
+                                Ok(mut older) => {
+                                    older.append(&mut msgs);
+                                    msgs = older;
+                                }
+                                Err(message) => {
+                                    self.reply_error(to, ErrorCode::Unavailable, message, None);
+                                    return;
                                 }
                             }
                         }
@@ -1042,35 +1046,34 @@ impl Bus {
                 {
                     Ok(Value::Array(parts)) if parts.len() == 2 => {
                         let latest = value_u64(&parts[0]);
-                        let mut msgs: Vec<Vec<u8>> = match &parts[1] {
+                        let msgs: Vec<Vec<u8>> = match &parts[1] {
                             Value::Array(items) => items.iter().filter_map(bulk).collect(),
                             _ => Vec::new(),
                         };
-                        // What the cache no longer holds comes from PostgreSQL (the newest
-                        // RESUME_FROM_STORE_MAX of it at most).
+                        // What the cache no longer holds comes from PostgreSQL first, page by
+                        // page at the client's pace (those frames go out as they are read).
                         let cached_from = msgs
                             .first()
                             .and_then(|m| msg_head(m))
                             .map_or(latest.saturating_add(1), |h| h.seq);
+                        let mut expect = first;
+                        let mut complete = true;
                         if first < cached_from {
-                            if let Some(pg) = &self.pg {
-                                match pg
-                                    .range_newest(&room, first, cached_from, RESUME_FROM_STORE_MAX)
-                                    .await
-                                {
-                                    Ok(mut older) => {
-                                        older.append(&mut msgs);
-                                        msgs = older;
-                                    }
-                                    Err(e) => {
-                                        tracing::warn!(%room, error = %e, "resume from PostgreSQL failed; reporting incomplete")
-                                    }
+                            match self
+                                .resume_from_store(&room, first, cached_from, to, &gauge)
+                                .await
+                            {
+                                StoreReplay::Sent { next, gapless } => {
+                                    expect = next;
+                                    complete = gapless;
+                                }
+                                StoreReplay::Busy => {
+                                    self.reply_failed(to, room, BUSY);
+                                    return;
                                 }
                             }
                         }
-                        // Complete only when exactly after+1 ..= latest is being sent.
-                        let mut expect = first;
-                        let mut complete = true;
+                        // Complete only when exactly after+1 ..= latest has been sent.
                         for m in &msgs {
                             match msg_head(m) {
                                 Some(h) if h.seq == expect => expect += 1,

@@ -75,6 +75,18 @@ pub struct MemoryConfig {
     pub dedupe_window_ms: u64,
     /// Most `(from, cid)` pairs remembered per core; past it the oldest are forgotten early.
     pub dedupe_capacity: usize,
+    /// Bytes the recent messages of this core's rooms may take, all rooms together
+    /// (`--history-memory` divided among the cores); past it the oldest messages go first.
+    pub history_memory: usize,
+}
+
+/// What one remembered message costs besides its frame: its `(seq, Bytes)` slot in the room,
+/// its entry in the shard's age queue, and the frame allocation's header (64-bit, measured
+/// order of magnitude; the budget is a bound on memory, so this errs high).
+const PER_MESSAGE_OVERHEAD: usize = 80;
+
+fn cost(frame: &Bytes) -> usize {
+    frame.len() + PER_MESSAGE_OVERHEAD
 }
 
 #[derive(Default)]
@@ -100,6 +112,16 @@ pub struct RoomShard {
     users: AHashMap<Name, CoreSet>,
     /// `(room, from, cid)` -> first answer, for the dedupe window.
     dedupe: DedupeWindow<Remembered>,
+    /// Every remembered message in publish order, oldest first, so that the budget evicts the
+    /// oldest across all rooms. Entries whose message already left its room (the per-room
+    /// `history_len` cap) are stale: skipped when met, and swept out when they outnumber the
+    /// live ones.
+    age: VecDeque<(Name, u64)>,
+    /// Bytes and count of the messages the rooms hold (by [`cost`]).
+    history_bytes: usize,
+    history_msgs: usize,
+    /// Messages evicted because of the memory budget.
+    history_evicted: u64,
     id_prefix: String,
     next_id: u64,
 }
@@ -111,6 +133,10 @@ impl RoomShard {
             rooms: AHashMap::new(),
             users: AHashMap::new(),
             dedupe: DedupeWindow::new(cfg.dedupe_window_ms, cfg.dedupe_capacity),
+            age: VecDeque::new(),
+            history_bytes: 0,
+            history_msgs: 0,
+            history_evicted: 0,
             id_prefix: format!("{node_id:016x}-{core:x}-"),
             next_id: 0,
             cfg,
@@ -126,6 +152,11 @@ impl RoomShard {
         (self.dedupe.pairs(), self.dedupe.evicted_early())
     }
 
+    /// Bytes the rooms' recent messages take, and how many were evicted for the budget.
+    pub fn history_stats(&self) -> (usize, u64) {
+        (self.history_bytes, self.history_evicted)
+    }
+
     fn room(&mut self, name: &Name) -> &mut RoomState {
         self.rooms.entry(name.clone()).or_default()
     }
@@ -139,6 +170,7 @@ impl RoomShard {
             .is_some_and(|s| s.seq == 0 && s.subscribers.is_empty())
         {
             self.rooms.remove(room);
+            shrink_if_sparse(&mut self.rooms);
         }
     }
 
@@ -176,6 +208,7 @@ impl RoomShard {
                 kind,
                 subscribe,
                 reply,
+                ..
             } => {
                 let answer = match (subscribe, self.rooms.get(&room)) {
                     (false, None) => fetch(&room, &RoomState::default(), kind),
@@ -259,7 +292,7 @@ impl RoomShard {
         self.next_id += 1;
         let history_len = self.cfg.history_len;
         let cores = self.cores;
-        let state = self.room(&req.room);
+        let state = self.rooms.entry(req.room.clone()).or_default();
         state.seq += 1;
         let seq = state.seq;
         let frame = Msg {
@@ -274,9 +307,14 @@ impl RoomShard {
         .frame();
         if history_len > 0 {
             if state.recent.len() == history_len {
-                state.recent.pop_front();
+                let (_, old) = state.recent.pop_front().expect("full");
+                self.history_bytes -= cost(&old);
+                self.history_msgs -= 1;
             }
             state.recent.push_back((seq, frame.clone()));
+            self.history_bytes += cost(&frame);
+            self.history_msgs += 1;
+            self.age.push_back((req.room.clone(), seq));
         }
         match &req.dm {
             None => {
@@ -305,6 +343,7 @@ impl RoomShard {
                 }
             }
         }
+        self.keep_within_budget();
         let ack = reply::ack(&req.cid, &req.room, seq, &id);
         out.push(
             req.reply.core,
@@ -322,6 +361,53 @@ impl RoomShard {
                 id,
             },
         );
+    }
+}
+
+impl RoomShard {
+    /// Evicts the oldest messages, whatever their room, until the rooms' recent messages fit
+    /// `history_memory`. A room keeps its seq; `resume` then reports `complete: false` for a
+    /// position older than what the room still holds, as after the `history_len` cap.
+    fn keep_within_budget(&mut self) {
+        while self.history_bytes > self.cfg.history_memory {
+            let Some((room, seq)) = self.age.pop_front() else {
+                break;
+            };
+            let Some(state) = self.rooms.get_mut(&room) else {
+                continue;
+            };
+            // The room's oldest message, unless this entry is stale (already capped away).
+            if state.recent.front().is_some_and(|(front, _)| *front == seq) {
+                let (_, frame) = state.recent.pop_front().expect("front");
+                self.history_bytes -= cost(&frame);
+                self.history_msgs -= 1;
+                self.history_evicted += 1;
+                if state.recent.len() * 4 < state.recent.capacity() && state.recent.capacity() > 16
+                {
+                    state.recent.shrink_to_fit();
+                }
+            }
+        }
+        // Stale entries (messages the per-room cap removed) are never met by the loop above
+        // while the budget is not reached: sweep them once they outnumber the live ones.
+        if self.age.len() > 2 * self.history_msgs + 1024 {
+            let rooms = &self.rooms;
+            self.age.retain(|(room, seq)| {
+                rooms
+                    .get(room)
+                    .and_then(|s| s.recent.front())
+                    .is_some_and(|(front, _)| seq >= front)
+            });
+        }
+    }
+}
+
+/// Gives memory back once a map is mostly empty (a hash map never shrinks by itself: a
+/// connection that touched a million rooms would leave a million-slot table behind).
+pub fn shrink_if_sparse<K: Eq + std::hash::Hash, V>(map: &mut AHashMap<K, V>) {
+    if map.capacity() > 64 && map.len() * 4 < map.capacity() {
+        let keep = map.len() * 2;
+        map.shrink_to(keep);
     }
 }
 
@@ -376,11 +462,16 @@ mod tests {
 
     impl Harness {
         fn new(history_len: usize) -> Self {
+            Harness::with_budget(history_len, usize::MAX)
+        }
+
+        fn with_budget(history_len: usize, history_memory: usize) -> Self {
             let boxes: Arc<[Mailbox]> = (0..1).map(|_| Mailbox::default()).collect();
             let cfg = MemoryConfig {
                 history_len,
                 dedupe_window_ms: 300_000,
                 dedupe_capacity: 1000,
+                history_memory,
             };
             Harness {
                 shard: RoomShard::new(0, 1, 7, cfg),
@@ -404,11 +495,15 @@ mod tests {
         }
 
         fn publish(&mut self, cid: &str, ts: u64) -> serde_json::Value {
+            self.publish_to("r", cid, "b", ts)
+        }
+
+        fn publish_to(&mut self, room: &str, cid: &str, body: &str, ts: u64) -> serde_json::Value {
             let req = PublishRequest {
-                room: "r".into(),
+                room: room.into(),
                 from: "u".into(),
                 cid: cid.into(),
-                body: "b".into(),
+                body: body.into(),
                 ts,
                 dm: None,
                 reply: ReplyTo {
@@ -424,6 +519,10 @@ mod tests {
         }
 
         fn resume(&mut self, after: u64) -> (u64, usize, bool) {
+            self.resume_room("r", after)
+        }
+
+        fn resume_room(&mut self, room: &str, after: u64) -> (u64, usize, bool) {
             let reply = ReplyTo {
                 core: 0,
                 conn: 1,
@@ -432,10 +531,11 @@ mod tests {
             let kind = FetchKind::Resume { after };
             match self
                 .call(CoreMsg::Fetch {
-                    room: "r".into(),
+                    room: room.into(),
                     kind,
                     subscribe: false,
                     reply,
+                    gauge: Default::default(),
                 })
                 .pop()
             {
@@ -506,6 +606,7 @@ mod tests {
                 kind,
                 subscribe: false,
                 reply: reply(i as u64),
+                gauge: Default::default(),
             });
             assert!(matches!(answer.as_slice(), [Reply::Resumed { seq: 0, .. }]));
         }
@@ -534,5 +635,42 @@ mod tests {
         h.call(leave("r"));
         assert_eq!(h.shard.rooms(), 1, "a room with messages keeps its seq");
         assert_eq!(h.publish("y", 2)["seq"], 2, "and its seq continues");
+    }
+
+    #[test]
+    fn the_memory_budget_evicts_the_oldest_messages_of_any_room() {
+        let body = "x".repeat(1000);
+        // Room of a message: its index mod 10; about 1.1 KB each, budget for ~50 of them.
+        let mut h = Harness::with_budget(1000, 50 * 1100);
+        for i in 0..500u64 {
+            h.publish_to(&format!("r{}", i % 10), &format!("c{i}"), &body, i);
+        }
+        let (bytes, evicted) = h.shard.history_stats();
+        assert!(bytes <= 50 * 1100, "within the budget: {bytes}");
+        assert!(evicted >= 440, "the rest evicted: {evicted}");
+        for room in 0..10 {
+            let (seq, held, complete) = h.resume_room(&format!("r{room}"), 0);
+            assert_eq!(seq, 50, "every room keeps its seq");
+            assert!((3..=6).contains(&held), "the newest few stay: {held}");
+            assert!(!complete, "and resume says the rest is gone");
+            let (_, held_after, complete_after) = h.resume_room(&format!("r{room}"), 50 - 2);
+            assert_eq!((held_after, complete_after), (2, true));
+        }
+        // Seqs continue after eviction.
+        assert_eq!(h.publish_to("r3", "next", "b", 600)["seq"], 51);
+    }
+
+    #[test]
+    fn stale_age_entries_do_not_accumulate_under_the_per_room_cap() {
+        let mut h = Harness::with_budget(2, usize::MAX);
+        for i in 0..20_000u64 {
+            h.publish(&format!("c{i}"), i);
+        }
+        assert!(
+            h.shard.age.len() <= 2 * 2 + 1024,
+            "age queue swept: {}",
+            h.shard.age.len()
+        );
+        assert_eq!(h.resume(19_998), (20_000, 2, true));
     }
 }

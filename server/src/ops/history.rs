@@ -29,6 +29,7 @@ pub fn apply(
             kind,
             subscribe: false,
             reply,
+            gauge: core.conns[&conn].io.replay_gauge(),
         },
     );
     Ok(())

@@ -22,6 +22,7 @@ pub fn apply(core: &mut Core, conn: ConnId, room: &str, after: u64) -> Result<()
         super::may_add_room(core, conn)?;
     }
     let reply = core.ticket(conn, None);
+    let gauge = core.conns[&conn].io.replay_gauge();
     let kind = FetchKind::Resume { after };
     let mut subscribe = false;
     if own_dm {
@@ -47,6 +48,7 @@ pub fn apply(core: &mut Core, conn: ConnId, room: &str, after: u64) -> Result<()
             kind,
             subscribe,
             reply,
+            gauge,
         },
     );
     Ok(())

@@ -96,20 +96,20 @@ impl PgStore {
         Ok(rows.iter().map(row_json).collect())
     }
 
-    /// The newest `limit` messages with `from <= seq < to`, ascending, as `msg` JSON.
-    pub async fn range_newest(
+    /// The first `limit` messages with `from <= seq < to`, ascending, as `msg` JSON: one page
+    /// of a replay (the next page starts after the last seq of this one).
+    pub async fn page_from(
         &self,
         room: &str,
         from: u64,
         to: u64,
         limit: u32,
     ) -> Result<Vec<Vec<u8>>, String> {
-        let sql = format!("SELECT {COLUMNS} FROM messages WHERE room = $1 AND seq >= $2 AND seq < $3 ORDER BY seq DESC LIMIT $4");
+        let sql = format!("SELECT {COLUMNS} FROM messages WHERE room = $1 AND seq >= $2 AND seq < $3 ORDER BY seq LIMIT $4");
         let clamp = |v: u64| v.min(i64::MAX as u64) as i64;
-        let mut rows = self
+        let rows = self
             .query(&sql, &[&room, &clamp(from), &clamp(to), &(limit as i64)])
             .await?;
-        rows.reverse();
         Ok(rows.iter().map(row_json).collect())
     }
 
