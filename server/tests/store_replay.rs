@@ -15,8 +15,9 @@ const BACKLOG: usize = 6_000;
 const BODY: usize = 4_000;
 
 /// A scratch database holding the `messages` table, a private Redis, and a node on both that
-/// keeps 5 messages per room in the cache; room `far` got [`BACKLOG`] messages of [`BODY`]
-/// bytes, all of them stored in PostgreSQL as the persister would.
+/// keeps 5 messages per room in the cache; each of `rooms` got `per_room` messages of `body`
+/// bytes (room `far` alone: [`BACKLOG`] of [`BODY`]), all of them stored in PostgreSQL as
+/// the persister would.
 struct Stack {
     _db: ScratchDb,
     _redis: RedisServer,
@@ -24,6 +25,10 @@ struct Stack {
 }
 
 async fn stack(extra: &[&str]) -> Stack {
+    stack_of(extra, &["far".to_string()], BACKLOG, BODY).await
+}
+
+async fn stack_of(extra: &[&str], rooms: &[String], per_room: usize, body: usize) -> Stack {
     let db = ScratchDb::create(
         "postgres://postgres@127.0.0.1:5432/test",
         &format!("chat_replay_test_{}", fastrand::u64(..)),
@@ -51,14 +56,19 @@ async fn stack(extra: &[&str]) -> Stack {
     let server = Server::start(&args);
 
     let mut sender = Client::connect(&server.ws_url("sender"), "sender").await;
-    sender.join("far").await;
-    let body = "z".repeat(BODY);
+    for room in rooms {
+        sender.join(room).await;
+    }
+    let body = "z".repeat(body);
+    let total = rooms.len() * per_room;
     let mut sent = Vec::new();
-    for chunk in 0..BACKLOG / 500 {
+    for chunk in 0..total.div_ceil(500) {
+        let ids = chunk * 500..((chunk + 1) * 500).min(total);
+        let end = ids.end;
         sender
-            .send_all((0..500).map(|i| send_req("far", &format!("c{chunk}-{i}"), &body)))
+            .send_all(ids.map(|i| send_req(&rooms[i % rooms.len()], &format!("c{i}"), &body)))
             .await;
-        while sent.len() < (chunk + 1) * 500 {
+        while sent.len() < end {
             let v = sender.recv().await;
             if v["type"] == "msg" {
                 sent.push(v);
@@ -173,4 +183,51 @@ async fn replays_beyond_the_places_wait_and_a_reader_that_stops_holds_only_its_o
     let (seqs, resumed) = read_resume(&mut other).await;
     assert_eq!(resumed["complete"], true, "{resumed}");
     assert_eq!(seqs.len(), BACKLOG);
+}
+
+/// A reconnect storm: `CHAT_TEST_STORM` clients (500 unless set; 5,000 for the README's
+/// figure) resume at once, each 300 messages behind in one of 100 rooms, all of it past the
+/// cache. Every one gets its whole backlog; PostgreSQL sees one query per replay, at most
+/// `--pg-replays` (16) in flight from this node.
+#[tokio::test]
+async fn a_reconnect_storm_gets_every_backlog() {
+    let clients: usize = std::env::var("CHAT_TEST_STORM")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(500);
+    let rooms: Vec<String> = (0..100).map(|r| format!("storm{r}")).collect();
+    let s = stack_of(&["--max-connections", "100000"], &rooms, 300, 100).await;
+    let mut conns = Vec::new();
+    for i in 0..clients {
+        conns.push(Client::connect(&s.server.ws_url(&format!("u{i}")), &format!("u{i}")).await);
+    }
+    let reads_before = metric(&s.server, "chat_postgres_read_seconds_count").await;
+    let started = Instant::now();
+    let tasks: Vec<_> = conns
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut c)| {
+            let room = rooms[i % rooms.len()].clone();
+            tokio::spawn(async move {
+                c.send(json!({"type":"resume","room":room,"after":0})).await;
+                let (seqs, resumed) = read_resume(&mut c).await;
+                (seqs.len(), resumed, started.elapsed())
+            })
+        })
+        .collect();
+    let mut slowest = Duration::ZERO;
+    for t in tasks {
+        let (n, resumed, took) = t.await.unwrap();
+        assert_eq!(resumed["complete"], true, "{resumed}");
+        assert_eq!(n, 300);
+        slowest = slowest.max(took);
+    }
+    let reads = metric(&s.server, "chat_postgres_read_seconds_count").await - reads_before;
+    println!(
+        "reconnect storm: {clients} clients resumed 300 messages each from PostgreSQL, all \
+         complete after {slowest:?}; {reads} PostgreSQL queries, {:.0} per second",
+        reads / slowest.as_secs_f64()
+    );
+    assert!(reads >= clients as f64, "each backlog came from PostgreSQL");
+    assert_eq!(metric(&s.server, "chat_postgres_replays_refused_total").await, 0.0);
 }
