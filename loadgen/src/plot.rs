@@ -7,6 +7,7 @@
 
 use crate::report::RunResult;
 use hdrhistogram::Histogram;
+use plotters::coord::Shift;
 use plotters::prelude::*;
 use std::path::Path;
 
@@ -97,22 +98,10 @@ fn spectrum(r: &RunResult, path: &Path) -> Res {
         .y_desc("latency (ms)")
         .x_label_formatter(&|x| percentile_label(*x))
         .draw()?;
-    for (name, pts, color) in lines {
-        chart
-            .draw_series(LineSeries::new(pts, color.stroke_width(2)))?
-            .label(name)
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-            });
-    }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()?;
-    root.present()?;
-    Ok(())
+    let lines = lines
+        .into_iter()
+        .map(|(name, pts, color)| (name, pts, color, 2));
+    draw_lines(&mut chart, &root, lines, SeriesLabelPosition::UpperLeft)
 }
 
 /// The series without the empty tail (the partial second in which the drain ended).
@@ -152,25 +141,13 @@ fn throughput(r: &RunResult, path: &Path) -> Res {
         ("acked", |p| p.acked, RED),
         ("delivered (receptions)", |p| p.delivered, GREEN),
     ];
-    for (i, (name, f, color)) in lines.into_iter().enumerate() {
+    let lines = lines.into_iter().enumerate().map(|(i, (name, f, color))| {
         // Sent and acked usually coincide: the first line is wider so both stay visible.
         let width = if i == 0 { 6 } else { 2 };
         let pts = s.iter().map(move |p| (p.second as f64 + 0.5, f(p) as f64));
-        chart
-            .draw_series(LineSeries::new(pts, color.stroke_width(width)))?
-            .label(name)
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(width))
-            });
-    }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()?;
-    root.present()?;
-    Ok(())
+        (name, pts, color, width)
+    });
+    draw_lines(&mut chart, &root, lines, SeriesLabelPosition::UpperRight)
 }
 
 fn latency_over_time(r: &RunResult, path: &Path) -> Res {
@@ -200,20 +177,42 @@ fn latency_over_time(r: &RunResult, path: &Path) -> Res {
         ("p99", |p| p.p99_ms, RED),
         ("max", |p| p.max_ms, BLACK),
     ];
-    for (name, f, color) in lines {
+    let lines = lines.into_iter().map(|(name, f, color)| {
         let pts = s
             .iter()
             .map(move |p| (p.second as f64 + 0.5, f(p).max(FLOOR_MS)));
+        (name, pts, color, 2)
+    });
+    draw_lines(&mut chart, &root, lines, SeriesLabelPosition::UpperLeft)
+}
+
+/// A chart of (x, y) points in ms or messages, on linear or log axes.
+type Chart<'a, X, Y> = ChartContext<'a, SVGBackend<'a>, Cartesian2d<X, Y>>;
+
+/// Draws each line (name, points, colour, width in pixels) with its legend entry, then the
+/// legend at `position`, and writes the file.
+fn draw_lines<X, Y, P>(
+    chart: &mut Chart<'_, X, Y>,
+    root: &DrawingArea<SVGBackend<'_>, Shift>,
+    lines: impl IntoIterator<Item = (&'static str, P, RGBColor, u32)>,
+    position: SeriesLabelPosition,
+) -> Res
+where
+    X: Ranged<ValueType = f64>,
+    Y: Ranged<ValueType = f64>,
+    P: IntoIterator<Item = (f64, f64)>,
+{
+    for (name, pts, color, width) in lines {
         chart
-            .draw_series(LineSeries::new(pts, color.stroke_width(2)))?
+            .draw_series(LineSeries::new(pts, color.stroke_width(width)))?
             .label(name)
             .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(width))
             });
     }
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
+        .position(position)
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
         .draw()?;
