@@ -210,6 +210,46 @@ impl Scenario {
         }
     }
 
+    /// The per-message channel variants: a channel per consumer made by `channel`, one `send`
+    /// per message per consumer, then a `Shutdown` each. Returns when the producer started and
+    /// the consumers' threads.
+    fn run_channels<'scope, 'env, Tx, Rx>(
+        &'env self,
+        s: &'scope thread::Scope<'scope, 'env>,
+        progress: &'env [Progress],
+        total: u64,
+        channel: impl Fn() -> (Tx, Rx),
+        send: impl Fn(&Tx, CoreMsg),
+        recv: impl Fn(&Rx) -> CoreMsg + Copy + Send + 'scope,
+    ) -> (Instant, Vec<thread::ScopedJoinHandle<'scope, u64>>)
+    where
+        Rx: Send + 'scope,
+    {
+        let (senders, receivers): (Vec<Tx>, Vec<Rx>) =
+            (0..self.consumers).map(|_| channel()).unzip();
+        let handles = receivers
+            .into_iter()
+            .enumerate()
+            .map(|(i, rx)| {
+                let subs = Subscribers::new(&self.channel, self.subscribers);
+                s.spawn(move || channel_consumer(|| recv(&rx), subs, &progress[i]))
+            })
+            .collect();
+        let started = Instant::now();
+        for seq in 0..total {
+            for tx in &senders {
+                send(tx, self.deliver_msg(seq));
+            }
+            if (seq + 1) % PROGRESS_EVERY == 0 {
+                Self::wait_window(progress, seq + 1);
+            }
+        }
+        for tx in &senders {
+            send(tx, CoreMsg::Shutdown);
+        }
+        (started, handles)
+    }
+
     /// Sends `iters * messages` messages to every consumer and waits until all are delivered.
     fn run(&self, transport: Transport, iters: u64) -> Duration {
         let total = iters * self.messages;
@@ -254,58 +294,24 @@ impl Scenario {
                     outbox.flush();
                 }
                 Transport::Crossbeam => {
-                    let (senders, receivers): (Vec<_>, Vec<_>) = (0..self.consumers)
-                        .map(|_| crossbeam_channel::unbounded::<CoreMsg>())
-                        .unzip();
-                    handles = receivers
-                        .into_iter()
-                        .enumerate()
-                        .map(|(i, rx)| {
-                            let subs = Subscribers::new(&self.channel, self.subscribers);
-                            s.spawn(move || {
-                                channel_consumer(|| rx.recv().unwrap(), subs, &progress[i])
-                            })
-                        })
-                        .collect();
-                    started = Instant::now();
-                    for seq in 0..total {
-                        for tx in &senders {
-                            tx.send(self.deliver_msg(seq)).unwrap();
-                        }
-                        if (seq + 1) % PROGRESS_EVERY == 0 {
-                            Self::wait_window(progress, seq + 1);
-                        }
-                    }
-                    for tx in &senders {
-                        tx.send(CoreMsg::Shutdown).unwrap();
-                    }
+                    (started, handles) = self.run_channels(
+                        s,
+                        progress,
+                        total,
+                        crossbeam_channel::unbounded::<CoreMsg>,
+                        |tx, m| tx.send(m).unwrap(),
+                        |rx| rx.recv().unwrap(),
+                    );
                 }
                 Transport::StdMpsc => {
-                    let (senders, receivers): (Vec<_>, Vec<_>) = (0..self.consumers)
-                        .map(|_| std::sync::mpsc::channel::<CoreMsg>())
-                        .unzip();
-                    handles = receivers
-                        .into_iter()
-                        .enumerate()
-                        .map(|(i, rx)| {
-                            let subs = Subscribers::new(&self.channel, self.subscribers);
-                            s.spawn(move || {
-                                channel_consumer(|| rx.recv().unwrap(), subs, &progress[i])
-                            })
-                        })
-                        .collect();
-                    started = Instant::now();
-                    for seq in 0..total {
-                        for tx in &senders {
-                            tx.send(self.deliver_msg(seq)).unwrap();
-                        }
-                        if (seq + 1) % PROGRESS_EVERY == 0 {
-                            Self::wait_window(progress, seq + 1);
-                        }
-                    }
-                    for tx in &senders {
-                        tx.send(CoreMsg::Shutdown).unwrap();
-                    }
+                    (started, handles) = self.run_channels(
+                        s,
+                        progress,
+                        total,
+                        std::sync::mpsc::channel::<CoreMsg>,
+                        |tx, m| tx.send(m).unwrap(),
+                        |rx| rx.recv().unwrap(),
+                    );
                 }
             }
             for h in handles {
