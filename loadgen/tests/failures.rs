@@ -10,28 +10,33 @@
 mod support;
 
 use loadgen::coordinator;
+use loadgen::report::RunResult;
 use loadgen::scenario::{Pause, Scenario};
 use std::collections::HashMap;
+
+/// Runs the scenario `make` builds for a server address (named `name`, in-process) against a
+/// `chat-server` started with `flags`, and prints its summary; `None` when the server is not
+/// built (`SKIPPED:`).
+async fn run_against(
+    flags: &[&str],
+    name: &str,
+    make: impl FnOnce(&str) -> Scenario,
+) -> Option<RunResult> {
+    let server = support::start_chat_server_with(flags)?;
+    let r = coordinator::run(&support::run_options(make(&server.addr), name))
+        .await
+        .unwrap();
+    print!("{}", r.summary());
+    Some(r)
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cut_receivers_reconnect_resume_and_lose_nothing() {
     // Pinged after 1 s of silence and closed after 2.
-    let Some(server) =
-        support::start_chat_server_with(&["--idle-ping", "1", "--close-timeout", "1"])
-    else {
-        return;
-    };
-    let scenario = Scenario {
-        name: "reconnect".into(),
-        urls: vec![format!("ws://{}", server.addr)],
-        rooms: 4,
-        members: 4,
-        senders: 4,
-        rate: 400.0,
-        body: 200,
-        dm_share: 0.1,
-        warmup: 0.5,
-        duration: 4.0,
+    let flags = ["--idle-ping", "1", "--close-timeout", "1"];
+    let run = run_against(&flags, "reconnect", |addr| Scenario {
+        reconnect: true,
+        record_acks: true,
         // Two load threads; the first one (half of every room's members, senders included)
         // freezes for 3 s while the other keeps sending.
         threads: 2,
@@ -39,15 +44,14 @@ async fn cut_receivers_reconnect_resume_and_lose_nothing() {
             at: 1.0,
             length: 3.0,
         }),
-        reconnect: true,
-        record_acks: true,
         drain_timeout: 20.0,
-        ..Scenario::default()
+        body: 200,
+        dm_share: 0.1,
+        ..support::scenario(addr, (4, 4, 4), 400.0, (0.5, 4.0))
+    });
+    let Some(r) = run.await else {
+        return;
     };
-    let r = coordinator::run(&support::run_options(scenario, "reconnect"))
-        .await
-        .unwrap();
-    print!("{}", r.summary());
     let c = &r.counters;
     println!(
         "reconnects {} resumes {} incomplete {} retries {} duplicate acks {}",
@@ -79,29 +83,16 @@ async fn stalled_connections_are_cut_and_the_rest_lose_nothing() {
     // kernel's buffer (up to tcp_wmem's 4 MiB here) and then 1 MiB of queue are full: send
     // ~1.5 MB/s to each for 6 s. The 1 MiB leaves the readers that do read (a debug build on
     // a busy machine) room to fall behind for a moment.
-    let Some(server) =
-        support::start_chat_server_with(&["--outbound-limit", "1048576", "--close-timeout", "1"])
-    else {
-        return;
-    };
-    let scenario = Scenario {
-        name: "stalled".into(),
-        urls: vec![format!("ws://{}", server.addr)],
-        rooms: 2,
-        members: 4,
-        senders: 2,
-        rate: 300.0,
-        body: 10_000,
-        warmup: 0.5,
-        duration: 6.0,
+    let flags = ["--outbound-limit", "1048576", "--close-timeout", "1"];
+    let run = run_against(&flags, "stalled", |addr| Scenario {
         stalled: 2,
         stall_at: 0.5,
-        ..Scenario::default()
+        body: 10_000,
+        ..support::scenario(addr, (2, 4, 2), 300.0, (0.5, 6.0))
+    });
+    let Some(r) = run.await else {
+        return;
     };
-    let r = coordinator::run(&support::run_options(scenario, "stalled"))
-        .await
-        .unwrap();
-    print!("{}", r.summary());
     assert!(r.verdict.ok, "{:?}", r.verdict.problems);
     assert_eq!(r.counters.stalled_disconnected, 2);
     assert_eq!(r.counters.lost, 0);

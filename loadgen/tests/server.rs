@@ -16,15 +16,8 @@ async fn open_model_run_in_process_and_over_two_agents() {
     let dir = support::temp_dir("server");
     let scenario = Scenario {
         name: "in-process".into(),
-        urls: vec![format!("ws://{}", server.addr)],
-        rooms: 4,
-        members: 5,
-        senders: 4,
-        rate: 200.0,
         dm_share: 0.1,
-        warmup: 0.5,
-        duration: 3.0,
-        ..Scenario::default()
+        ..support::scenario(&server.addr, (4, 5, 4), 200.0, (0.5, 3.0))
     };
     let opts = RunOptions {
         scenario: scenario.clone(),

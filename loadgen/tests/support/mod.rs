@@ -226,6 +226,27 @@ pub fn temp_dir(name: &str) -> PathBuf {
     d
 }
 
+/// A scenario against the `chat-server` at `addr` (`host:port`): `rooms` rooms of `members`
+/// members, `senders` of them sending `rate` msg/s in total, for `warmup` then `duration`
+/// seconds; everything else as by default.
+pub fn scenario(
+    addr: &str,
+    (rooms, members, senders): (usize, usize, usize),
+    rate: f64,
+    (warmup, duration): (f64, f64),
+) -> Scenario {
+    Scenario {
+        urls: vec![format!("ws://{addr}")],
+        rooms,
+        members,
+        senders,
+        rate,
+        warmup,
+        duration,
+        ..Scenario::default()
+    }
+}
+
 /// In-process run options for `scenario` (named `name`, results in a fresh directory): no
 /// agents, no progress line, no plots.
 pub fn run_options(scenario: Scenario, name: &str) -> RunOptions {
