@@ -108,7 +108,7 @@ impl Cluster {
         };
         let pg = opts.private_postgres.then(PrivatePostgres::start);
         let admin = pg.as_ref().map_or(SHARED_PG.to_string(), |p| p.url());
-        let db = Db::create(&admin, &name).await;
+        let db = Db::create(&admin, &name);
         let persister = Persister::start(&kafka.addr(), &db.url, &topic, &name, &dir);
         let mut node_args: Vec<String> = [
             "--threads",

@@ -6,55 +6,15 @@
 use crate::procs::Persister;
 use loadgen::report::AckRecord;
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use tokio_postgres::NoTls;
 
 /// The shared PostgreSQL: never stopped or wiped; each drill makes a database of its own.
 pub const SHARED_PG: &str = "postgres://postgres@127.0.0.1:5432/test";
 
-/// A database of its own on a PostgreSQL server, dropped at the end.
-pub struct Db {
-    admin_url: String,
-    pub name: String,
-    pub url: String,
-}
-
-impl Db {
-    /// Creates `name` on the server of `admin_url` (a URL naming any database there).
-    pub async fn create(admin_url: &str, name: &str) -> Db {
-        let admin = connect(admin_url)
-            .await
-            .unwrap_or_else(|e| panic!("PostgreSQL at {admin_url}: {e}"));
-        admin
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .await
-            .unwrap_or_else(|e| panic!("CREATE DATABASE {name}: {e}"));
-        let (base, _) = admin_url.rsplit_once('/').expect("a URL with a database");
-        Db {
-            admin_url: admin_url.to_string(),
-            name: name.to_string(),
-            url: format!("{base}/{name}"),
-        }
-    }
-}
-
-impl Drop for Db {
-    fn drop(&mut self) {
-        // Drop is synchronous: psql does it (WITH (FORCE) ends the connections still open).
-        let _ = Command::new("psql")
-            .arg(&self.admin_url)
-            .args([
-                "-q",
-                "-c",
-                &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-    }
-}
+/// A database of its own on a PostgreSQL server, dropped at the end: `Db::create(admin_url,
+/// name)` makes `name` on the server of `admin_url` (a URL naming any database there).
+pub use chat_testkit::ScratchDb as Db;
 
 /// A client whose connection runs on a task.
 pub async fn connect(url: &str) -> Result<tokio_postgres::Client, String> {

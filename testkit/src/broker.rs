@@ -246,22 +246,8 @@ impl Broker {
     /// durable broker keeps its topics and records; an in-memory one starts empty). Panics when
     /// it is running.
     pub fn start_again(&mut self) {
-        assert!(
-            self.child.is_none(),
-            "start_again: the broker on port {} still runs (stop() or kill() it first)",
-            self.port
-        );
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            match self.spawn() {
-                Ok(()) => return,
-                Err(e) if Instant::now() < deadline => {
-                    eprintln!("services: restarting tansu on {}: {e}; retrying", self.port);
-                    std::thread::sleep(Duration::from_millis(200));
-                }
-                Err(e) => panic!("tansu broker did not start again: {e}"),
-            }
-        }
+        let (port, running) = (self.port, self.child.is_some());
+        start_again("tansu broker", port, running, || self.spawn());
     }
 }
 

@@ -15,6 +15,6 @@ pub mod process;
 pub mod redis;
 
 pub use broker::{tansu_binary, Broker};
-pub use postgres::PrivatePostgres;
+pub use postgres::{PrivatePostgres, ScratchDb};
 pub use process::{free_port, log_tail, send_signal, TempDir};
 pub use redis::{redis_cli, RedisCluster, RedisServer};

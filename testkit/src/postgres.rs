@@ -1,11 +1,11 @@
 //! A private PostgreSQL server (`initdb` + `pg_ctl`) that tests may stop and start again: the
-//! shared one on 5432 is never stopped.
+//! shared one on 5432 is never stopped. And a scratch database of its own on either server
+//! ([`ScratchDb`]), made and dropped with `psql`.
 
 use crate::process::*;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 /// The newest `/usr/lib/postgresql/VERSION/bin` (Debian's layout).
 fn postgres_bin_dir() -> PathBuf {
@@ -153,18 +153,8 @@ impl PrivatePostgres {
 
     /// Starts the stopped server again on the same port with the same data.
     pub fn start_again(&mut self) {
-        assert!(!self.running, "start_again: PostgreSQL still runs");
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            match self.pg_ctl_start() {
-                Ok(()) => return,
-                Err(e) if Instant::now() < deadline => {
-                    eprintln!("services: restarting PostgreSQL: {e}; retrying");
-                    std::thread::sleep(Duration::from_millis(200));
-                }
-                Err(e) => panic!("PostgreSQL did not start again: {e}"),
-            }
-        }
+        let (port, running) = (self.port, self.running);
+        start_again("PostgreSQL", port, running, || self.pg_ctl_start());
     }
 
     pub fn port(&self) -> u16 {
@@ -181,4 +171,52 @@ impl Drop for PrivatePostgres {
     fn drop(&mut self) {
         self.pg_ctl_stop("immediate");
     }
+}
+
+/// A database of its own on a PostgreSQL server (the shared one, or a [`PrivatePostgres`]),
+/// created with `psql` and dropped, with the connections still open to it, when dropped.
+pub struct ScratchDb {
+    admin_url: String,
+    /// The database's name.
+    pub name: String,
+    /// `postgres://.../NAME`: the admin URL with this database instead of its own.
+    pub url: String,
+}
+
+impl ScratchDb {
+    /// Creates `name` on the server of `admin_url` (a URL naming any database there).
+    pub fn create(admin_url: &str, name: &str) -> ScratchDb {
+        let out = psql(admin_url, &format!("CREATE DATABASE {name}"));
+        assert!(
+            out.status.success(),
+            "CREATE DATABASE {name} on {admin_url}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        let (base, _) = admin_url.rsplit_once('/').expect("a URL with a database");
+        ScratchDb {
+            admin_url: admin_url.to_string(),
+            name: name.to_string(),
+            url: format!("{base}/{name}"),
+        }
+    }
+}
+
+impl Drop for ScratchDb {
+    fn drop(&mut self) {
+        // WITH (FORCE) ends the connections still open.
+        let _ = psql(
+            &self.admin_url,
+            &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+        );
+    }
+}
+
+/// `psql URL -q -c SQL` with stdin closed; stdout and stderr are collected.
+fn psql(url: &str, sql: &str) -> std::process::Output {
+    Command::new("psql")
+        .arg(url)
+        .args(["-q", "-v", "ON_ERROR_STOP=1", "-c", sql])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("run psql: {e}"))
 }

@@ -168,6 +168,33 @@ pub fn wait_ready(
     }
 }
 
+/// Starts a stopped or killed service again with `spawn`, retrying for [`START_TIMEOUT`]: its
+/// port can stay busy briefly (say a client's socket in TIME_WAIT bound to it by chance), and
+/// it is ours. Panics when `running` (the service was not stopped first) or when it does not
+/// start in time. `what` names the service in messages.
+pub fn start_again(
+    what: &str,
+    port: u16,
+    running: bool,
+    mut spawn: impl FnMut() -> Result<(), String>,
+) {
+    assert!(
+        !running,
+        "start_again: {what} on port {port} still runs (stop() or kill() it first)"
+    );
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        match spawn() {
+            Ok(()) => return,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("services: restarting {what} on {port}: {e}; retrying");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => panic!("{what} did not start again: {e}"),
+        }
+    }
+}
+
 pub fn accepts_tcp(port: u16) -> bool {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()

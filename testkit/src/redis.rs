@@ -175,24 +175,8 @@ impl RedisServer {
     /// Starts the stopped or killed server again on the same port with the same data
     /// directory (so with the same data). Panics when it is running.
     pub fn start_again(&mut self) {
-        assert!(
-            self.child.is_none(),
-            "start_again: redis-server on port {} still runs (stop() or kill() it first)",
-            self.port
-        );
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            match self.spawn() {
-                Ok(()) => return,
-                // The port can stay busy briefly (say a client's socket in TIME_WAIT bound to it
-                // by chance); keep trying, it is ours.
-                Err(e) if Instant::now() < deadline => {
-                    eprintln!("services: restarting redis on {}: {e}; retrying", self.port);
-                    std::thread::sleep(Duration::from_millis(200));
-                }
-                Err(e) => panic!("redis-server did not start again: {e}"),
-            }
-        }
+        let (port, running) = (self.port, self.child.is_some());
+        start_again("redis-server", port, running, || self.spawn());
     }
 
     /// Redis loses its data: stops it, deletes the append-only files and snapshots (keeping

@@ -11,6 +11,7 @@ use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 use tokio_postgres::{Client, NoTls};
 
+use chat_testkit::ScratchDb;
 #[allow(unused_imports)]
 pub use chat_testkit::{Broker, PrivatePostgres, TempDir};
 
@@ -52,9 +53,7 @@ pub async fn connect(url: &str) -> Client {
 
 /// A database of its own on a PostgreSQL server, dropped (with its connections) at the end.
 pub struct Db {
-    admin_url: String,
-    name: String,
-    url: String,
+    scratch: ScratchDb,
 }
 
 impl Db {
@@ -65,32 +64,23 @@ impl Db {
 
     /// A new database on the server of `admin_url` (any database there).
     pub async fn create_on(admin_url: &str) -> Db {
-        let name = unique("persister_test");
-        let admin = connect(admin_url).await;
-        admin
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .await
-            .unwrap_or_else(|e| panic!("CREATE DATABASE {name}: {e}"));
-        let (base, _) = admin_url.rsplit_once('/').expect("URL with a database");
         Db {
-            admin_url: admin_url.to_string(),
-            url: format!("{base}/{name}"),
-            name,
+            scratch: ScratchDb::create(admin_url, &unique("persister_test")),
         }
     }
 
     pub fn url(&self) -> &str {
-        &self.url
+        &self.scratch.url
     }
 
     pub async fn client(&self) -> Client {
-        connect(&self.url).await
+        connect(self.url()).await
     }
 
     /// `SELECT count(*) FROM messages`, 0 while the table does not exist yet, `None` when the
     /// server does not answer.
     pub async fn try_count(&self) -> Option<i64> {
-        let (client, connection) = tokio_postgres::connect(&self.url, NoTls).await.ok()?;
+        let (client, connection) = tokio_postgres::connect(self.url(), NoTls).await.ok()?;
         tokio::spawn(async move {
             let _ = connection.await;
         });
@@ -157,23 +147,6 @@ impl Db {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-    }
-}
-
-impl Drop for Db {
-    fn drop(&mut self) {
-        // Drop is synchronous: psql does it (WITH (FORCE) ends any connection still open).
-        let _ = Command::new("psql")
-            .arg(&self.admin_url)
-            .args([
-                "-q",
-                "-c",
-                &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
     }
 }
 
