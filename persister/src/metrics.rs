@@ -7,6 +7,7 @@
 
 use crate::position::Partitions;
 use chat_histogram::{render as render_histogram, Histogram};
+use chat_process_metrics::ProcessStats;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -265,20 +266,7 @@ impl Metrics {
             }
         }
 
-        let process = process_stats();
-        let _ = writeln!(
-            out,
-            "# HELP process_cpu_seconds_total Total user and system CPU time spent in seconds.\n\
-             # TYPE process_cpu_seconds_total counter\n\
-             process_cpu_seconds_total {}\n\
-             # HELP process_resident_memory_bytes Resident memory size in bytes.\n\
-             # TYPE process_resident_memory_bytes gauge\n\
-             process_resident_memory_bytes {}\n\
-             # HELP process_start_time_seconds Start time of the process since unix epoch in seconds.\n\
-             # TYPE process_start_time_seconds gauge\n\
-             process_start_time_seconds {}",
-            process.cpu_seconds, process.resident_bytes, process.start_time_seconds
-        );
+        ProcessStats::read().render(&mut out);
         out
     }
 
@@ -377,29 +365,6 @@ async fn respond(
     socket.shutdown().await
 }
 
-#[derive(Default)]
-struct ProcessStats {
-    cpu_seconds: f64,
-    resident_bytes: u64,
-    start_time_seconds: f64,
-}
-
-/// This process's CPU time, resident memory and start time from `/proc/self/stat`
-/// (the standard `process_*` metrics); zeros where `/proc` cannot be read.
-fn process_stats() -> ProcessStats {
-    use procfs::prelude::*;
-    let Ok(stat) = procfs::process::Process::myself().and_then(|p| p.stat()) else {
-        return ProcessStats::default();
-    };
-    let ticks = procfs::ticks_per_second().max(1) as f64;
-    let boot = procfs::boot_time_secs().unwrap_or(0) as f64;
-    ProcessStats {
-        cpu_seconds: (stat.utime + stat.stime) as f64 / ticks,
-        resident_bytes: stat.rss_bytes().get(),
-        start_time_seconds: boot + stat.starttime as f64 / ticks,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -417,12 +382,5 @@ mod tests {
         assert!(out.contains("lag_bucket{le=\"0.05\"} 3\n"), "{out}");
         assert!(out.contains("lag_bucket{le=\"10\"} 3\n"), "{out}");
         assert!(out.contains("lag_count 4\n"), "{out}");
-    }
-
-    #[test]
-    fn process_stats_are_read() {
-        let p = process_stats();
-        assert!(p.resident_bytes > 0);
-        assert!(p.start_time_seconds > 0.0);
     }
 }

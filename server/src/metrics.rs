@@ -6,6 +6,7 @@
 //! merged into a single series when scraped ([`chat_histogram`]).
 
 use chat_histogram::{render as render_histogram, Histogram};
+use chat_process_metrics::ProcessStats;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
@@ -47,6 +48,10 @@ pub struct CoreCounters {
     /// before their window ended because the window was full (`--dedupe-capacity`).
     pub dedupe_pairs: AtomicU64,
     pub dedupe_evicted_early: AtomicU64,
+    /// Standalone: bytes of the recent messages this core's rooms hold (gauge), and messages
+    /// evicted to stay within `--history-memory`.
+    pub history_bytes: AtomicU64,
+    pub history_evicted: AtomicU64,
     /// From reading a `send`/`dm` to queueing its `ack` (in request order) on the connection.
     pub ack_latency: Histogram,
     /// Per `writev`: how long the oldest frame of the batch waited in the outbound queue.
@@ -89,6 +94,8 @@ pub struct BusCounters {
     pub unavailable: AtomicU64,
     /// Failed PostgreSQL reads (history/resume past the cache).
     pub pg_errors: AtomicU64,
+    /// Replays answered `unavailable` for want of a place to read PostgreSQL (`--pg-replays`).
+    pub pg_replays_refused: AtomicU64,
     /// 1 while the Redis links work, 0 after a lost link or a failed publish (gauge).
     pub redis_up: AtomicU64,
     /// Messages produced to Kafka and not yet confirmed (gauge).
@@ -119,7 +126,7 @@ impl Metrics {
     pub fn render(&self, draining: bool) -> String {
         let mut out = String::with_capacity(4096);
         type Field = fn(&CoreCounters) -> &AtomicU64;
-        let series: [(&str, &str, &str, Field); 20] = [
+        let series: [(&str, &str, &str, Field); 22] = [
             (
                 "chat_connections",
                 "gauge",
@@ -237,6 +244,18 @@ impl Metrics {
                 "Standalone: pairs forgotten before their window ended (--dedupe-capacity full).",
                 |c| &c.dedupe_evicted_early,
             ),
+            (
+                "chat_history_bytes",
+                "gauge",
+                "Standalone: bytes of recent messages held for history/resume (--history-memory).",
+                |c| &c.history_bytes,
+            ),
+            (
+                "chat_history_evicted_total",
+                "counter",
+                "Standalone: messages evicted from recent history to stay within --history-memory.",
+                |c| &c.history_evicted,
+            ),
         ];
         for (name, kind, help, field) in series {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -245,7 +264,7 @@ impl Metrics {
             }
         }
         let b = &self.bus;
-        let bus: [(&str, &str, &AtomicU64); 16] = [
+        let bus: [(&str, &str, &AtomicU64); 17] = [
             (
                 "chat_redis_round_trips_total",
                 "Pipelined round trips of the publish step.",
@@ -326,6 +345,11 @@ impl Metrics {
                 "Failed PostgreSQL reads for history or resume.",
                 &b.pg_errors,
             ),
+            (
+                "chat_postgres_replays_refused_total",
+                "History/resume replays refused: no place to read PostgreSQL within --pg-replay-wait.",
+                &b.pg_replays_refused,
+            ),
         ];
         for (name, help, v) in bus {
             let _ = writeln!(
@@ -338,11 +362,9 @@ impl Metrics {
         let _ = writeln!(out, "# HELP chat_kafka_backlog Messages produced to Kafka and not yet confirmed.\n# TYPE chat_kafka_backlog gauge\nchat_kafka_backlog {}", b.kafka_backlog.load(Relaxed));
         self.render_histograms(&mut out);
         let _ = writeln!(out, "# HELP chat_draining 1 while the server drains after SIGTERM.\n# TYPE chat_draining gauge\nchat_draining {}", draining as u8);
-        let p = process_stats();
-        let _ = writeln!(out, "# HELP process_cpu_seconds_total Total user and system CPU time spent in seconds.\n# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total {}", p.cpu_seconds);
-        let _ = writeln!(out, "# HELP process_resident_memory_bytes Resident memory size in bytes.\n# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes {}", p.rss_bytes);
-        let _ = writeln!(out, "# HELP process_start_time_seconds Start time of the process since unix epoch in seconds.\n# TYPE process_start_time_seconds gauge\nprocess_start_time_seconds {}", p.start_time_seconds);
-        let _ = writeln!(out, "# HELP process_threads Number of OS threads in the process.\n# TYPE process_threads gauge\nprocess_threads {}", p.threads);
+        let p = ProcessStats::read();
+        p.render(&mut out);
+        p.render_threads(&mut out);
         out
     }
 }
@@ -350,68 +372,42 @@ impl Metrics {
 impl Metrics {
     /// The latency histograms: the cores' merged, then the bus thread's.
     fn render_histograms(&self, out: &mut String) {
-        type PerCore = fn(&CoreCounters) -> &Histogram;
-        let per_core: [(&str, &str, PerCore); 2] = [
+        let b = &self.bus;
+        let all: [(&str, &str, Vec<&Histogram>); 5] = [
             (
                 "chat_ack_latency_seconds",
                 "From reading a send/dm to queueing its ack, in request order.",
-                |c| &c.ack_latency,
+                self.per_core(|c| &c.ack_latency),
             ),
             (
                 "chat_outbound_queue_wait_seconds",
                 "Per socket write: how long its oldest frame waited in the connection's outbound queue.",
-                |c| &c.outbound_wait,
+                self.per_core(|c| &c.outbound_wait),
             ),
-        ];
-        for (name, help, field) in per_core {
-            render_histogram(out, name, help, self.cores.iter().map(field));
-        }
-        let b = &self.bus;
-        let bus: [(&str, &str, &Histogram); 3] = [
             (
                 "chat_redis_batch_seconds",
                 "One pipelined Redis publish round trip (a batch of sends).",
-                &b.redis_batch,
+                vec![&b.redis_batch],
             ),
             (
                 "chat_kafka_delivery_seconds",
                 "From producing a message to Kafka's confirmation (acks=all).",
-                &b.kafka_delivery,
+                vec![&b.kafka_delivery],
             ),
             (
                 "chat_postgres_read_seconds",
                 "One PostgreSQL read for history or resume past the Redis cache.",
-                &b.pg_read,
+                vec![&b.pg_read],
             ),
         ];
-        for (name, help, h) in bus {
-            render_histogram(out, name, help, [h]);
+        for (name, help, parts) in all {
+            render_histogram(out, name, help, parts);
         }
     }
-}
 
-#[derive(Default)]
-struct ProcessStats {
-    cpu_seconds: f64,
-    rss_bytes: u64,
-    start_time_seconds: f64,
-    threads: u64,
-}
-
-/// This process's CPU time, resident memory, start time and threads, from `/proc/self/stat`
-/// (the standard `process_*` metrics); zeros where `/proc` cannot be read.
-fn process_stats() -> ProcessStats {
-    use procfs::prelude::*;
-    let Ok(stat) = procfs::process::Process::myself().and_then(|p| p.stat()) else {
-        return ProcessStats::default();
-    };
-    let ticks = procfs::ticks_per_second().max(1) as f64;
-    let boot = procfs::boot_time_secs().unwrap_or(0) as f64;
-    ProcessStats {
-        cpu_seconds: (stat.utime + stat.stime) as f64 / ticks,
-        rss_bytes: stat.rss_bytes().get(),
-        start_time_seconds: boot + stat.starttime as f64 / ticks,
-        threads: stat.num_threads.max(0) as u64,
+    /// One histogram of every core, to be merged into one series.
+    fn per_core(&self, field: fn(&CoreCounters) -> &Histogram) -> Vec<&Histogram> {
+        self.cores.iter().map(field).collect()
     }
 }
 
