@@ -41,7 +41,7 @@ use crate::batch::{Batch, Gather};
 use crate::config::Config;
 use crate::idle_watch::IdleWatch;
 use crate::metrics::Metrics;
-use crate::position::{self, Context, Kafka, Partitions, WATERMARK_TIMEOUT};
+use crate::position::{self, Context, Kafka, Partitions, Reread, WATERMARK_TIMEOUT};
 use crate::start_offset::{Continuity, Seen};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer};
@@ -171,17 +171,18 @@ pub fn run(
                 match continuity.on_record(partition, offset, m.payload()) {
                     Seen::Take => {}
                     Seen::Confirmed => continue,
-                    Seen::Replaced { at } => {
-                        position::replaced(&consumer, &partitions, partition, at, offset, &metrics);
-                        continue;
-                    }
-                    Seen::Unverified { at } => {
-                        position::unverified(
+                    seen @ (Seen::Replaced { at } | Seen::Unverified { at }) => {
+                        let why = match seen {
+                            Seen::Replaced { .. } => Reread::Replaced,
+                            _ => Reread::Unverified,
+                        };
+                        let checked = (at, offset);
+                        position::read_again(
                             &consumer,
                             &partitions,
                             partition,
-                            at,
-                            offset,
+                            checked,
+                            why,
                             &metrics,
                         );
                         continue;

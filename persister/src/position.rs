@@ -414,7 +414,14 @@ pub(crate) fn recheck(
         }
         match consumer.fetch_watermarks(topic, p, WATERMARK_TIMEOUT) {
             Ok((low, high)) if offset < low || offset >= high => {
-                replaced(consumer, partitions, p, offset, high, metrics);
+                read_again(
+                    consumer,
+                    partitions,
+                    p,
+                    (offset, high),
+                    Reread::Replaced,
+                    metrics,
+                );
                 continuity.forget(p);
             }
             Ok(_) => {
@@ -430,47 +437,53 @@ pub(crate) fn recheck(
     false
 }
 
-/// The log of `partition` is not the one read so far (a recreated topic, a replaced broker):
-/// read it again from its beginning, never skipping a record (see [`crate::start_offset`]).
-pub(crate) fn replaced(
-    consumer: &Kafka,
-    partitions: &Partitions,
-    partition: i32,
-    expected: i64,
-    found: i64,
-    metrics: &Metrics,
-) {
-    metrics.inc(&metrics.offsets_replaced);
-    tracing::error!(
-        topic = %partitions.topic(), partition, expected_record = expected, found,
-        "the partition's log was replaced (the topic was recreated or the broker replaced): the record before the stored offset is not the one persisted; reading the partition again from its beginning"
-    );
-    let low = low_of(consumer, partitions, partition);
-    consumer.context().rebase(partition, low);
-    read_from(consumer, partitions, partition, low);
+/// Why a partition is read again from its beginning ([`read_again`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reread {
+    /// The log of the partition is not the one read so far (a recreated topic, a replaced
+    /// broker): the record before the stored offset is another one than the one persisted.
+    /// Reading restarts at the log's beginning, and the stored offset is rebased there (see
+    /// [`crate::start_offset`]).
+    Replaced,
+    /// The checked record was not delivered ([`crate::start_offset::Seen::Unverified`]), so
+    /// the log cannot be checked: reading restarts at the beginning (harmless: rows are unique
+    /// by `(room, seq)`), keeping the stored offset.
+    Unverified,
 }
 
-/// The checked record was not delivered ([`crate::start_offset::Seen::Unverified`]): read the partition again
-/// from its beginning (harmless: rows are unique by `(room, seq)`), keeping the stored offset.
-pub(crate) fn unverified(
+/// Reads `partition` again from its beginning, never skipping a record: counted, logged
+/// (`expected` is the offset of the record that was checked, `found` the one seen there) and,
+/// for [`Reread::Replaced`], with the stored offset rebased to the log's start.
+pub(crate) fn read_again(
     consumer: &Kafka,
     partitions: &Partitions,
     partition: i32,
-    expected: i64,
-    found: i64,
+    (expected, found): (i64, i64),
+    why: Reread,
     metrics: &Metrics,
 ) {
-    metrics.inc(&metrics.offsets_unverified);
-    tracing::warn!(
-        topic = %partitions.topic(), partition, expected_record = expected, found,
-        "the broker did not deliver the record before the stored offset, so the log cannot be checked; reading the partition again from its beginning (never skipping a record)"
-    );
-    read_from(
-        consumer,
-        partitions,
-        partition,
-        low_of(consumer, partitions, partition),
-    );
+    let topic = partitions.topic();
+    match why {
+        Reread::Replaced => {
+            metrics.inc(&metrics.offsets_replaced);
+            tracing::error!(
+                %topic, partition, expected_record = expected, found,
+                "the partition's log was replaced (the topic was recreated or the broker replaced): the record before the stored offset is not the one persisted; reading the partition again from its beginning"
+            );
+        }
+        Reread::Unverified => {
+            metrics.inc(&metrics.offsets_unverified);
+            tracing::warn!(
+                %topic, partition, expected_record = expected, found,
+                "the broker did not deliver the record before the stored offset, so the log cannot be checked; reading the partition again from its beginning (never skipping a record)"
+            );
+        }
+    }
+    let low = low_of(consumer, partitions, partition);
+    if why == Reread::Replaced {
+        consumer.context().rebase(partition, low);
+    }
+    read_from(consumer, partitions, partition, low);
 }
 
 fn low_of(consumer: &Kafka, partitions: &Partitions, partition: i32) -> i64 {

@@ -5,6 +5,7 @@
 mod support;
 
 use rdkafka::mocking::MockCluster;
+use rdkafka::producer::DefaultProducerContext;
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 use support::*;
@@ -17,15 +18,29 @@ const WAIT: Duration = Duration::from_secs(120);
 /// `rd_kafka_mock_partition_t.max_size`), so a test produces at most ~2 MB per partition
 /// before the persister reads it (else records vanish, as with a real broker's retention, and
 /// the persister rightly reports skipped offsets).
-fn mock_cluster(
-    topic: &str,
-    partitions: i32,
-) -> MockCluster<'static, rdkafka::producer::DefaultProducerContext> {
+fn mock_cluster(topic: &str, partitions: i32) -> MockCluster<'static, DefaultProducerContext> {
     let cluster = MockCluster::new(3).expect("mock cluster");
     cluster
         .create_topic(topic, partitions, 1)
         .expect("create topic");
     cluster
+}
+
+/// A fresh topic of `partitions` partitions on a mock cluster of its own, the cluster's
+/// bootstrap servers, and a fresh database.
+async fn topic_and_db(
+    partitions: i32,
+) -> (
+    String,
+    MockCluster<'static, DefaultProducerContext>,
+    String,
+    Db,
+) {
+    let topic = unique("t");
+    let cluster = mock_cluster(&topic, partitions);
+    let brokers = cluster.bootstrap_servers();
+    let db = Db::create().await;
+    (topic, cluster, brokers, db)
 }
 
 async fn produce_async(brokers: &str, topic: &str, records: Vec<(String, Vec<u8>)>) {
@@ -128,10 +143,7 @@ async fn every_record_lands_exactly_once_through_the_staging_table() {
 }
 
 async fn exactly_once(copy_mode: &str) {
-    let topic = unique("t");
-    let cluster = mock_cluster(&topic, 4);
-    let brokers = cluster.bootstrap_servers();
-    let db = Db::create().await;
+    let (topic, _cluster, brokers, db) = topic_and_db(4).await;
 
     // 5000 messages in 20 rooms over 4 partitions; every 10th is produced a second time (a
     // redelivery, as after a producer retry), some in the same batch, some much later.
@@ -206,10 +218,7 @@ async fn sigkill_mid_batch_then_restart_loses_nothing_and_duplicates_nothing() {
     const ROOMS: usize = 40;
     const PER_ROOM: i64 = 1_500;
     const N: i64 = ROOMS as i64 * PER_ROOM;
-    let topic = unique("t");
-    let cluster = mock_cluster(&topic, 8);
-    let brokers = cluster.bootstrap_servers();
-    let db = Db::create().await;
+    let (topic, _cluster, brokers, db) = topic_and_db(8).await;
     produce_async(&brokers, &topic, messages(ROOMS, PER_ROOM)).await;
 
     let group = unique("g");
@@ -296,10 +305,7 @@ async fn sigkill_mid_batch_then_restart_loses_nothing_and_duplicates_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_records_go_to_the_dead_letter_table_and_the_stream_goes_on() {
-    let topic = unique("t");
-    let cluster = mock_cluster(&topic, 2);
-    let brokers = cluster.bootstrap_servers();
-    let db = Db::create().await;
+    let (topic, _cluster, brokers, db) = topic_and_db(2).await;
     let producer = future_producer(&brokers);
 
     /// offset, key, value, a part of the reason
@@ -474,10 +480,7 @@ async fn postgres_restart_mid_stream_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_commits_the_batch_in_flight_and_exits_zero() {
     const N: i64 = 60_000;
-    let topic = unique("t");
-    let cluster = mock_cluster(&topic, 8);
-    let brokers = cluster.bootstrap_servers();
-    let db = Db::create().await;
+    let (topic, _cluster, brokers, db) = topic_and_db(8).await;
     produce_async(&brokers, &topic, messages(40, N / 40)).await;
 
     let group = unique("g");
@@ -513,10 +516,7 @@ async fn sigterm_commits_the_batch_in_flight_and_exits_zero() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_persisters_start_together_share_partitions_and_hand_over() {
     const N: i64 = 60_000;
-    let topic = unique("t");
-    let cluster = mock_cluster(&topic, 6);
-    let brokers = cluster.bootstrap_servers();
-    let db = Db::create().await;
+    let (topic, _cluster, brokers, db) = topic_and_db(6).await;
     produce_async(&brokers, &topic, messages(24, N / 24)).await;
 
     // Both migrate the same fresh database at once and join the same group.
