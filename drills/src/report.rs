@@ -120,6 +120,27 @@ impl Report {
         );
     }
 
+    /// The checks of a drill that fails `what` (the persister, PostgreSQL) but not the path of
+    /// a send: every send was acked without an error, and exactly the acked messages are rows
+    /// (none that nobody acked).
+    pub fn sends_independent_of(&mut self, what: &str, run: &Finished, p: &Persisted) {
+        let c = &run.result.counters;
+        self.check(
+            c.acked == c.sent && c.send_errors == 0,
+            format!(
+                "sends do not depend on {what}: all {} acked, {} errors",
+                c.sent, c.send_errors
+            ),
+        );
+        self.check(
+            p.rows == c.acked && p.unacked_rows == 0,
+            format!(
+                "exactly the acked messages are rows: {} rows, {} acked, {} rows nobody acked",
+                p.rows, c.acked, p.unacked_rows
+            ),
+        );
+    }
+
     /// Prints the checks and the DRILL line; panics when a check failed.
     pub fn finish(mut self) {
         self.field(
