@@ -11,9 +11,9 @@
 #   The cases that need no echo (reserved bits, opcodes, ping/pong, fragmentation and UTF-8
 #   errors, the closing handshake) are meaningful.
 #
-#   The authoritative conformance suite is server/tests/rfc6455.rs: the same Autobahn groups,
+#   The authoritative conformance suite is server/tests/rfc6455_*.rs: the same Autobahn groups,
 #   adapted to the chat protocol (a request and its reply instead of an echo), run by
-#   `cargo test -p chat-server --test rfc6455`. This script is an optional cross-check for people
+#   `cargo test -p chat-server --test 'rfc6455_*'`. This script is an optional cross-check for people
 #   with Docker; CI does not and must not depend on it.
 #
 # Usage: scripts/autobahn.sh
@@ -41,11 +41,11 @@ reports=${AUTOBAHN_REPORTS:-$root/target/autobahn}
 profile=${AUTOBAHN_PROFILE:-release}
 
 if ! command -v docker >/dev/null 2>&1; then
-    echo "autobahn.sh: docker is not installed; run 'cargo test -p chat-server --test rfc6455' instead" >&2
+    echo "autobahn.sh: docker is not installed; run \"cargo test -p chat-server --test 'rfc6455_*'\" instead" >&2
     exit 1
 fi
 if ! docker info >/dev/null 2>&1; then
-    echo "autobahn.sh: the Docker engine is not reachable; run 'cargo test -p chat-server --test rfc6455' instead" >&2
+    echo "autobahn.sh: the Docker engine is not reachable; run \"cargo test -p chat-server --test 'rfc6455_*'\" instead" >&2
     exit 1
 fi
 
@@ -109,4 +109,4 @@ for agent, cases in results.items():
         print(f"  {group:>2}.*  {counts}")
 PY
 fi
-echo "The authoritative conformance suite is: cargo test -p chat-server --test rfc6455"
+echo "The authoritative conformance suite is: cargo test -p chat-server --test 'rfc6455_*'"

@@ -112,16 +112,14 @@ async fn a_client_that_stops_reading_a_replay_is_cut() {
     fill_big(&server).await;
     // A raw socket: it sends its upgrade and many history requests, then never reads.
     use std::io::Write;
+    use support::raw_ws::{encode, upgrade_request, FIN, TEXT, VALID_KEY, VERSION_13};
     let mut raw = std::net::TcpStream::connect(server.addr).unwrap();
     raw.set_write_timeout(Some(Duration::from_secs(1))).unwrap();
-    write!(
-        raw,
-        "GET /ws?user=stuck HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    )
-    .unwrap();
+    let upgrade = upgrade_request("/ws?user=stuck", &[VALID_KEY, VERSION_13]);
+    raw.write_all(upgrade.as_bytes()).unwrap();
     let request = br#"{"type":"history","room":"big","limit":100}"#;
-    let mut frame = vec![0x81, 0x80 | request.len() as u8, 0, 0, 0, 0];
-    frame.extend_from_slice(request);
+    // Masked with an all-zero key: the payload goes out as it is.
+    let frame = encode(FIN | TEXT, request, Some([0; 4]));
     for _ in 0..50 {
         if raw.write_all(&frame).is_err() {
             break; // the server stopped reading: its receive window is full

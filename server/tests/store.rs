@@ -7,10 +7,10 @@
 
 mod support;
 
-use chat_testkit::RedisServer;
+use chat_testkit::{RedisServer, ScratchDb};
 use serde_json::{json, Value};
 use std::time::Duration;
-use support::client::{send_req, Client};
+use support::client::{send_req, seqs, Client};
 use support::Server;
 use tokio_postgres::NoTls;
 
@@ -18,18 +18,15 @@ const ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 
 /// A fresh database with the persister's `messages` table; dropped on `drop`.
 struct TestDb {
-    name: String,
+    db: ScratchDb,
 }
 
 impl TestDb {
     async fn create() -> TestDb {
         let name = format!("chat_store_test_{}", fastrand::u64(..));
-        let admin = connect(ADMIN_URL).await;
-        admin
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .await
-            .unwrap();
-        let db = TestDb { name };
+        let db = TestDb {
+            db: ScratchDb::create(ADMIN_URL, &name),
+        };
         db.client()
             .await
             .batch_execute(
@@ -44,7 +41,7 @@ impl TestDb {
     }
 
     fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:5432/{}", self.name)
+        self.db.url.clone()
     }
 
     async fn client(&self) -> tokio_postgres::Client {
@@ -74,19 +71,6 @@ impl TestDb {
     }
 }
 
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        let name = self.name.clone();
-        let _ = std::process::Command::new("psql")
-            .args([
-                ADMIN_URL,
-                "-qc",
-                &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
-            ])
-            .output();
-    }
-}
-
 async fn connect(url: &str) -> tokio_postgres::Client {
     let (client, conn) = tokio_postgres::connect(url, NoTls)
         .await
@@ -113,12 +97,9 @@ async fn send_and_collect(c: &mut Client, room: &str, n: usize) -> Vec<Value> {
     msgs
 }
 
-fn seqs(msgs: &[Value]) -> Vec<u64> {
-    msgs.iter().map(|m| m["seq"].as_u64().unwrap()).collect()
-}
-
-#[tokio::test]
-async fn history_and_resume_stitch_cache_and_database() {
+/// A fresh database, a private Redis and a server on both that keeps 5 messages per room in
+/// the cache; alice is connected and has joined `room`.
+async fn stack_with_alice_in(room: &str) -> (TestDb, RedisServer, Server, Client) {
     let db = TestDb::create().await;
     let redis = RedisServer::start();
     let server = Server::start(&[
@@ -130,7 +111,13 @@ async fn history_and_resume_stitch_cache_and_database() {
         "5",
     ]);
     let mut alice = Client::connect(&server.ws_url("alice"), "alice").await;
-    alice.join("old").await;
+    alice.join(room).await;
+    (db, redis, server, alice)
+}
+
+#[tokio::test]
+async fn history_and_resume_stitch_cache_and_database() {
+    let (db, _redis, server, mut alice) = stack_with_alice_in("old").await;
     let sent = send_and_collect(&mut alice, "old", 30).await;
     db.persist(&sent).await;
 
@@ -170,18 +157,7 @@ async fn history_and_resume_stitch_cache_and_database() {
 
 #[tokio::test]
 async fn resume_says_incomplete_when_the_database_lags() {
-    let db = TestDb::create().await;
-    let redis = RedisServer::start();
-    let server = Server::start(&[
-        "--redis",
-        &redis.url(),
-        "--postgres",
-        &db.url(),
-        "--history-len",
-        "5",
-    ]);
-    let mut alice = Client::connect(&server.ws_url("alice"), "alice").await;
-    alice.join("lag").await;
+    let (db, _redis, server, mut alice) = stack_with_alice_in("lag").await;
     let sent = send_and_collect(&mut alice, "lag", 20).await;
     // The persister has not written 10..12 yet (nor anything of the cache's 16..20: fine).
     let persisted: Vec<Value> = sent

@@ -170,3 +170,26 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
         .unwrap_or_default();
     (status, body)
 }
+
+/// The `seq`s of `msgs`, in order.
+pub fn seqs(msgs: &[Value]) -> Vec<u64> {
+    msgs.iter().map(|m| m["seq"].as_u64().unwrap()).collect()
+}
+
+/// alice and bob on different cores of one server.
+pub async fn pair(server: &super::Server) -> (Client, Client) {
+    let alice = Client::connect(&server.ws_url("alice"), "alice").await;
+    let bob = Client::connect_on_other_core(&server.ws_url("bob"), "bob", alice.core).await;
+    assert_ne!(alice.core, bob.core);
+    (alice, bob)
+}
+
+/// A per-core series of `/metrics`, summed over the cores.
+pub async fn metric_sum(addr: std::net::SocketAddr, name: &str) -> u64 {
+    let (_, metrics) = http_get(addr, "/metrics").await;
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum()
+}

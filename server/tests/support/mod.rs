@@ -5,6 +5,8 @@
 #![allow(dead_code)]
 
 pub mod client;
+pub mod cluster;
+pub mod raw_ws;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
