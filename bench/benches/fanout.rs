@@ -14,7 +14,8 @@
 
 use ahash::AHashMap;
 use bytes::Bytes;
-use chat_server::fanout::{Channel, CoreMsg, Mailbox, Name, Outbox};
+use chat_server::fanout::{Mailbox, Outbox};
+use chat_server::messages::{Channel, CoreMsg, Name};
 use chat_wire::protocol::Msg;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use std::future::Future;

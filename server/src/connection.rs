@@ -106,7 +106,7 @@ pub async fn serve(core: CoreRef, mut stream: TcpStream, peer: std::net::IpAddr)
     }
     bytes::Buf::advance(&mut buf, head_len);
     let (reader, writer) = stream.into_split();
-    monoio::spawn(write_loop(core.clone(), io.clone(), writer));
+    monoio::spawn(write_loop(io.clone(), writer));
     read_loop(&core, conn, &io, reader, buf).await;
     core.borrow_mut().remove_conn(conn);
     io.finish();
@@ -248,7 +248,7 @@ async fn replies_done(core: &CoreRef, conn: u64, io: &ConnIo) {
 
 fn on_message(core: &CoreRef, conn: u64, io: &Rc<ConnIo>, msg: Message) {
     match msg {
-        Message::Text(mut data) => core.borrow_mut().on_text(conn, &mut data),
+        Message::Text(mut data) => crate::ops::on_text(&mut core.borrow_mut(), conn, &mut data),
         Message::Binary(_) => protocol_close(
             core,
             io,

@@ -14,134 +14,25 @@
 //! then sends only those after the seq that reply named: no gap, no duplicate, and never a
 //! message before the reply that introduces it.
 
-use crate::accept::{out_of_descriptors, Acceptor};
 use crate::bus::memory::{MemoryConfig, RoomShard};
-use crate::connection;
-use crate::fanout::{Channel, ConnId, CoreId, CoreMsg, Name, Outbox, Reply, ReplyTo};
+use crate::fanout::Outbox;
+use crate::members::{LocalRoom, Member, MemberState};
+use crate::messages::{Channel, ConnId, CoreId, CoreMsg, Name, Reply, ReplyTo};
 use crate::metrics::{inc, CoreCounters};
 use crate::node::Node;
-use crate::ops;
 use crate::outbound::ConnIo;
+use crate::rate_limit::TokenBucket;
+use crate::replies::{Ready, ReplyQueue};
 use ahash::AHashMap;
 use bytes::Bytes;
 use chat_wire::protocol::{reply, Decoder, RequestError};
 use std::cell::RefCell;
-use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 pub type CoreRef = Rc<RefCell<Core>>;
-
-/// Starts the core's runtime on the current thread and runs it until shutdown.
-pub fn run(
-    id: CoreId,
-    node: Arc<Node>,
-    listener: std::net::TcpListener,
-    ready: std::sync::mpsc::Sender<()>,
-) {
-    let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
-        .enable_timer()
-        .with_entries(4096)
-        .build()
-        .expect("build monoio runtime");
-    let driver = match &rt {
-        monoio::FusionRuntime::Uring(_) => "io_uring",
-        monoio::FusionRuntime::Legacy(_) => "epoll",
-    };
-    tracing::info!(core = id, driver, "core started");
-    rt.block_on(serve(id, node, listener, ready));
-}
-
-async fn serve(
-    id: CoreId,
-    node: Arc<Node>,
-    listener: std::net::TcpListener,
-    ready: std::sync::mpsc::Sender<()>,
-) {
-    let listener = monoio::net::TcpListener::from_std(listener).expect("register listener");
-    let out = Rc::new(Outbox::new(node.mailboxes.clone()));
-    let core: CoreRef = Rc::new(RefCell::new(Core::new(id, node.clone(), out.clone())));
-    monoio::spawn({
-        let out = out.clone();
-        async move { out.run_flusher().await }
-    });
-    let (stop_tx, stop_rx) = local_sync::oneshot::channel::<()>();
-    monoio::spawn(mail_loop(core.clone(), stop_tx));
-    monoio::spawn(housekeeping(core.clone()));
-    let _ = ready.send(());
-
-    let mut stop = std::pin::pin!(stop_rx);
-    let mut acceptor = Acceptor::new();
-    loop {
-        monoio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    acceptor.accepted();
-                    monoio::spawn(connection::serve(core.clone(), stream, peer.ip()));
-                }
-                Err(e) if out_of_descriptors(&e) => {
-                    inc(&node.metrics.cores[id].accept_fd_exhausted);
-                    acceptor.out_of_descriptors(id, &listener, &e).await;
-                }
-                Err(e) => {
-                    // The peer gave up before its connection was taken (ECONNABORTED) or the
-                    // like: nothing to wait for.
-                    tracing::debug!(core = id, error = %e, "accept failed");
-                }
-            },
-            _ = &mut stop => break,
-        }
-    }
-    drop(listener);
-    // Connections were asked to close with 1001; give them a moment to say goodbye.
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while !core.borrow().conns.is_empty() && Instant::now() < deadline {
-        monoio::time::sleep(Duration::from_millis(20)).await;
-    }
-    out.flush();
-}
-
-async fn mail_loop(core: CoreRef, stop: local_sync::oneshot::Sender<()>) {
-    let node = core.borrow().node.clone();
-    let id = core.borrow().id;
-    let mut stop = Some(stop);
-    loop {
-        let batch = node.mailboxes[id].recv().await;
-        let mut c = core.borrow_mut();
-        inc(&c.counters().mail_batches);
-        crate::metrics::add(&c.counters().mail_messages, batch.len() as u64);
-        for msg in batch {
-            if let CoreMsg::Shutdown = msg {
-                c.close_all(
-                    chat_wire::frame::close_code::GOING_AWAY,
-                    "server shutting down",
-                );
-                if let Some(s) = stop.take() {
-                    let _ = s.send(());
-                }
-                continue;
-            }
-            c.handle_mail(msg);
-        }
-    }
-}
-
-/// Once a second: ping quiet connections, close silent ones, and cut connections whose close
-/// handshake has taken too long.
-async fn housekeeping(core: CoreRef) {
-    let ping_after = Duration::from_secs(core.borrow().node.config.idle_ping);
-    let mut tick = monoio::time::interval(Duration::from_secs(1));
-    loop {
-        tick.tick().await;
-        let now = Instant::now();
-        let c = core.borrow();
-        for conn in c.conns.values() {
-            conn.io.housekeeping(now, ping_after);
-        }
-    }
-}
 
 /// A local connection of this core.
 pub struct Conn {
@@ -155,182 +46,6 @@ pub struct Conn {
     pub rate: TokenBucket,
     /// The `join`/`history`/`resume` rate limit (`--room-rate-limit`).
     pub room_rate: TokenBucket,
-}
-
-/// A connection's place in one room's stream.
-pub struct Member {
-    pub io: Rc<ConnIo>,
-    /// The request (ticket) whose reply makes this member live.
-    pub ticket: u64,
-    pub state: MemberState,
-}
-
-pub enum MemberState {
-    /// Waiting for the `joined`/`resumed` reply to go out; live messages are held meanwhile.
-    Waiting(Vec<(u64, Bytes)>),
-    /// Sent everything up to this seq.
-    Live(u64),
-}
-
-impl Member {
-    /// Offers one live message; returns whether it was sent now.
-    fn offer(&mut self, seq: u64, frame: &Bytes) -> bool {
-        match &mut self.state {
-            MemberState::Waiting(held) => {
-                held.push((seq, frame.clone()));
-                false
-            }
-            MemberState::Live(last) => {
-                if seq <= *last {
-                    return false;
-                }
-                *last = seq;
-                self.io.send(frame.clone());
-                true
-            }
-        }
-    }
-
-    /// The reply naming `seq` went out: send what was held after it, and go live.
-    fn go_live(&mut self, seq: u64) -> u64 {
-        let mut sent = 0;
-        let mut last = seq;
-        if let MemberState::Waiting(held) =
-            std::mem::replace(&mut self.state, MemberState::Live(seq))
-        {
-            for (s, frame) in held {
-                if s > last {
-                    last = s;
-                    self.io.send(frame);
-                    sent += 1;
-                }
-            }
-        }
-        self.state = MemberState::Live(last);
-        sent
-    }
-}
-
-/// Members of one room on this core.
-#[derive(Default)]
-pub struct LocalRoom {
-    pub members: slab::Slab<Member>,
-}
-
-/// Replies of one connection, released in request order.
-#[derive(Default)]
-pub struct ReplyQueue {
-    next_ticket: u64,
-    /// `(ticket, reply once known, when a timed request was read)`, ascending by ticket.
-    slots: VecDeque<(u64, Option<Ready>, Option<Instant>)>,
-    /// The first frames of replies that are not at the front yet (`Reply::ResumePart`).
-    early: AHashMap<u64, Vec<Bytes>>,
-}
-
-/// A reply ready to go out.
-pub enum Ready {
-    Frames(Vec<Bytes>),
-    /// Frames that make a member live at `seq` once sent (`joined`, `resume`).
-    Start {
-        room: Name,
-        seq: u64,
-        frames: Vec<Bytes>,
-    },
-    /// A join or resume that failed: its error, and the member it created goes.
-    Abort {
-        room: Name,
-        frames: Vec<Bytes>,
-    },
-}
-
-impl ReplyQueue {
-    pub fn reserve(&mut self) -> u64 {
-        self.reserve_timed(None)
-    }
-
-    /// A ticket whose reply's latency is measured from `read` (sends: `chat_ack_latency_seconds`).
-    pub fn reserve_timed(&mut self, read: Option<Instant>) -> u64 {
-        let t = self.next_ticket;
-        self.next_ticket += 1;
-        self.slots.push_back((t, None, read));
-        t
-    }
-
-    pub fn in_flight(&self) -> usize {
-        self.slots.len()
-    }
-
-    /// Frames that open the reply to `ticket`: given back to be sent now when every reply
-    /// before it is out, else kept until the reply is complete and its turn comes (`None`).
-    fn part(&mut self, ticket: u64, frames: Vec<Bytes>) -> Option<Vec<Bytes>> {
-        if self.slots.front().is_some_and(|s| s.0 == ticket) && !self.early.contains_key(&ticket) {
-            return Some(frames);
-        }
-        if self.slots.iter().any(|s| s.0 == ticket) {
-            self.early.entry(ticket).or_default().extend(frames);
-        }
-        None
-    }
-
-    fn fill(&mut self, ticket: u64, ready: Ready) {
-        let Some(front) = self.slots.front().map(|s| s.0) else {
-            return;
-        };
-        if let Some(slot) = ticket
-            .checked_sub(front)
-            .and_then(|i| self.slots.get_mut(i as usize))
-        {
-            debug_assert_eq!(slot.0, ticket);
-            slot.1 = Some(ready);
-        }
-    }
-
-    /// The front reply once complete, with the frames that came before it (`part`).
-    fn pop_ready(&mut self) -> Option<(u64, Vec<Bytes>, Ready, Option<Instant>)> {
-        if matches!(self.slots.front(), Some((_, Some(_), _))) {
-            let (t, r, read) = self.slots.pop_front().unwrap();
-            let early = self.early.remove(&t).unwrap_or_default();
-            return Some((t, early, r.unwrap(), read));
-        }
-        None
-    }
-
-    /// Frames held for the front reply, to send now that it is at the front.
-    fn take_front_early(&mut self) -> Option<Vec<Bytes>> {
-        let front = self.slots.front()?.0;
-        self.early.remove(&front)
-    }
-}
-
-/// A per-connection rate limit (`send`/`dm`; `join`/`history`/`resume`).
-pub struct TokenBucket {
-    tokens: f64,
-    last: Instant,
-}
-
-impl TokenBucket {
-    pub fn new(burst: f64) -> Self {
-        TokenBucket {
-            tokens: burst,
-            last: Instant::now(),
-        }
-    }
-
-    /// Takes one token; false when the connection is over its rate.
-    pub fn take(&mut self, rate: f64, burst: f64, now: Instant) -> bool {
-        if rate <= 0.0 {
-            return true;
-        }
-        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
-        self.last = now;
-        self.tokens = (self.tokens + elapsed * rate).min(burst);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
 }
 
 pub struct Core {
@@ -347,7 +62,7 @@ pub struct Core {
 }
 
 impl Core {
-    fn new(id: CoreId, node: Arc<Node>, out: Rc<Outbox>) -> Self {
+    pub fn new(id: CoreId, node: Arc<Node>, out: Rc<Outbox>) -> Self {
         let cfg = &node.config;
         let mem = MemoryConfig {
             history_len: cfg.history_len,
@@ -492,20 +207,6 @@ impl Core {
     /// Sends a request to the core that owns `room`.
     pub fn ask_owner(&self, room: &str, msg: CoreMsg) {
         self.out.push(self.owner(room), msg);
-    }
-
-    /// Decodes and serves one text message of `conn`.
-    pub fn on_text(&mut self, conn: ConnId, data: &mut [u8]) {
-        inc(&self.counters().requests);
-        match self.decoder.decode(data) {
-            Ok(op) => {
-                // The op borrows `data`, not the decoder; reborrow the core freely.
-                if let Err(e) = ops::apply(self, conn, op) {
-                    self.reply_error(conn, e);
-                }
-            }
-            Err(e) => self.reply_error(conn, e),
-        }
     }
 
     /// Answers `conn` with an error, in request order.

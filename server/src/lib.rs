@@ -4,6 +4,7 @@
 //! nothing else of the server belong here.
 
 pub mod fanout;
+pub mod messages;
 
 pub mod bus {
     //! See `bus/mod.rs`; only the parts that stand alone.
@@ -11,4 +12,5 @@ pub mod bus {
     pub mod memory;
     pub mod redis;
     pub mod replication;
+    pub mod slot;
 }

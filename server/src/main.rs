@@ -14,11 +14,16 @@ mod core;
 mod fanout;
 mod http;
 mod log;
+mod members;
+mod messages;
 mod metrics;
 mod node;
 mod ops;
 mod outbound;
 mod per_ip;
+mod rate_limit;
+mod replies;
+mod runtime;
 mod store;
 
 use clap::Parser;
@@ -84,7 +89,7 @@ fn main() {
             let ready = ready_tx.clone();
             std::thread::Builder::new()
                 .name(format!("core-{id}"))
-                .spawn(move || core::run(id, node, listener.unwrap(), ready))
+                .spawn(move || runtime::run(id, node, listener.unwrap(), ready))
                 .expect("spawn core thread")
         })
         .collect();
@@ -110,7 +115,7 @@ fn main() {
             drain_node.config.drain_grace,
         ));
         for mailbox in drain_node.mailboxes.iter() {
-            mailbox.send(vec![fanout::CoreMsg::Shutdown]);
+            mailbox.send(vec![messages::CoreMsg::Shutdown]);
         }
     });
     for h in handles {

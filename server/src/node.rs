@@ -61,7 +61,7 @@ impl Node {
     }
 
     /// Where requests about a room or user channel go: its owner core, or the cluster bus.
-    pub fn route(&self, name: &str) -> crate::fanout::CoreId {
+    pub fn route(&self, name: &str) -> crate::messages::CoreId {
         if self.cluster {
             self.threads
         } else {
@@ -70,7 +70,7 @@ impl Node {
     }
 
     /// Where a user's channel lives (kept apart from a room of the same name).
-    pub fn route_user(&self, user: &str) -> crate::fanout::CoreId {
+    pub fn route_user(&self, user: &str) -> crate::messages::CoreId {
         if self.cluster {
             self.threads
         } else {

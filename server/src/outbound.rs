@@ -9,8 +9,7 @@
 //! connection's [`ReplayGauge`], so that it reads the next page from PostgreSQL only when the
 //! client has taken the last one.
 
-use crate::core::CoreRef;
-use crate::fanout::{CoreId, ReplayGauge};
+use crate::messages::{CoreId, ReplayGauge};
 use crate::metrics::{add, inc};
 use crate::node::Node;
 use bytes::Bytes;
@@ -28,7 +27,8 @@ use std::time::{Duration, Instant};
 /// Frames handed to one `writev`.
 const WRITE_BATCH: usize = 256;
 
-pub async fn write_loop(core: CoreRef, io: Rc<ConnIo>, mut writer: impl AsyncWriteRent) {
+/// Writes the connection's queued frames until it is closed and flushed, or dead.
+pub async fn write_loop(io: Rc<ConnIo>, mut writer: impl AsyncWriteRent) {
     // One batch for the connection's lifetime: its two vectors are refilled, not reallocated,
     // for every `writev`.
     let mut batch = FrameBatch::default();
@@ -42,9 +42,9 @@ pub async fn write_loop(core: CoreRef, io: Rc<ConnIo>, mut writer: impl AsyncWri
             break;
         }
         batch.clear();
-        let c = core.borrow();
-        add(&c.counters().frames_out, count);
-        add(&c.counters().bytes_out, bytes);
+        let counters = &io.node.metrics.cores[io.core];
+        add(&counters.frames_out, count);
+        add(&counters.bytes_out, bytes);
     }
     let _ = writer.shutdown().await;
 }

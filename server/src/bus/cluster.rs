@@ -20,11 +20,12 @@
 //! the bus notes it, and once Redis answers again compares each room's latest seq with the last
 //! one delivered and fills the difference.
 
-use super::memory::{CoreSet, FetchKind, PublishRequest};
+use super::memory::CoreSet;
 use super::redis::{self as keys, RedisConn, PUBLISH_LUA, READ_AFTER_LUA};
 use super::replication;
-use crate::fanout::{Channel, CoreId, CoreMsg, Name, ReplayGauge, Reply, ReplyTo};
 use crate::log::kafka::{Delivery, KafkaConfig, KafkaLog};
+use crate::messages::{Channel, CoreId, CoreMsg, Name, ReplayGauge, Reply, ReplyTo};
+use crate::messages::{FetchKind, PublishRequest};
 use crate::metrics::{add, inc};
 use crate::node::Node;
 use crate::store::postgres::PgStore;

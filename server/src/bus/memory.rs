@@ -8,34 +8,14 @@
 //! in one step); keeping the shapes alike keeps the core code the same in both modes.
 
 use super::dedupe::DedupeWindow;
-use crate::fanout::{user_owner, Channel, CoreId, CoreMsg, Name, Outbox, Reply, ReplyTo};
+use crate::fanout::{user_owner, Outbox};
+use crate::messages::{Channel, CoreId, CoreMsg, FetchKind, Name, PublishRequest, Reply};
 use ahash::AHashMap;
 use bytes::Bytes;
 use chat_wire::frame::payload_of;
 use chat_wire::protocol::{reply, Msg};
 use std::collections::VecDeque;
 use std::rc::Rc;
-
-/// A message to order and store: everything but its seq and id.
-#[derive(Debug)]
-pub struct PublishRequest {
-    pub room: Name,
-    pub from: Name,
-    pub cid: Box<str>,
-    pub body: Box<str>,
-    /// Server accept time, ms since the Unix epoch.
-    pub ts: u64,
-    /// For a direct message, its two users (their connections get it wherever they are).
-    pub dm: Option<(Name, Name)>,
-    pub reply: ReplyTo,
-}
-
-/// What a `history` or `resume` asks of the owner.
-#[derive(Debug, Clone, Copy)]
-pub enum FetchKind {
-    History { before: Option<u64>, limit: u32 },
-    Resume { after: u64 },
-}
 
 /// A set of cores (at most 128 per process).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -452,6 +432,7 @@ fn fetch(room: &Name, state: &RoomState, kind: FetchKind) -> Reply {
 mod tests {
     use super::*;
     use crate::fanout::Mailbox;
+    use crate::messages::ReplyTo;
     use std::sync::Arc;
 
     struct Harness {

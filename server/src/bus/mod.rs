@@ -13,3 +13,4 @@ pub mod dedupe;
 pub mod memory;
 pub mod redis;
 pub mod replication;
+pub mod slot;

@@ -18,6 +18,7 @@
 //! `ClusterConnection` reconnect with backoff and resubscribe by themselves; pushes (messages
 //! and a `Disconnection` notice) arrive on one channel.
 
+pub use super::slot::key_slot;
 use redis::aio::ConnectionManager;
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, PushInfo, RedisResult, Value};
@@ -94,31 +95,6 @@ pub fn room_of_channel(channel: &[u8]) -> Option<&str> {
 pub fn user_of_channel(channel: &[u8]) -> Option<&str> {
     let s = std::str::from_utf8(channel).ok()?;
     s.strip_prefix("chat:u:{")?.strip_suffix('}')
-}
-
-/// The Redis Cluster hash slot of a key (CRC16/XMODEM of its hash tag, mod 16384).
-pub fn key_slot(key: &str) -> u16 {
-    let b = key.as_bytes();
-    let tagged = b.iter().position(|&c| c == b'{').and_then(|open| {
-        let close = b[open + 1..].iter().position(|&c| c == b'}')?;
-        (close > 0).then(|| &b[open + 1..open + 1 + close])
-    });
-    crc16(tagged.unwrap_or(b)) % 16384
-}
-
-fn crc16(data: &[u8]) -> u16 {
-    let mut crc: u16 = 0;
-    for &byte in data {
-        crc ^= (byte as u16) << 8;
-        for _ in 0..8 {
-            crc = if crc & 0x8000 != 0 {
-                (crc << 1) ^ 0x1021
-            } else {
-                crc << 1
-            };
-        }
-    }
-    crc
 }
 
 /// A command connection to a single Redis or a cluster.
@@ -388,7 +364,6 @@ mod tests {
     #[test]
     fn slots_follow_the_hash_tag() {
         // Values from the Redis Cluster specification and redis-cli.
-        assert_eq!(crc16(b"123456789"), 0x31C3);
         assert_eq!(key_slot("foo"), 12182);
         assert_eq!(
             key_slot("{user1000}.following"),

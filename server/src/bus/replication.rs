@@ -61,7 +61,7 @@ pub fn slot_tag(slot: u16) -> &'static str {
         let mut n: u64 = 0;
         while left > 0 {
             let tag = n.to_string();
-            let s = super::redis::key_slot(&tag) as usize;
+            let s = super::slot::key_slot(&tag) as usize;
             if tags[s].is_none() {
                 tags[s] = Some(tag);
                 left -= 1;
@@ -134,7 +134,7 @@ mod tests {
     #[test]
     fn every_slot_has_a_tag_in_it() {
         for slot in [0u16, 1, 777, 12182, 16383] {
-            assert_eq!(super::super::redis::key_slot(&fence_key(slot)), slot);
+            assert_eq!(super::super::slot::key_slot(&fence_key(slot)), slot);
         }
     }
 

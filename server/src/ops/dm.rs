@@ -7,7 +7,7 @@
 //! A direct message to oneself is a `bad_request`.
 
 use crate::core::Core;
-use crate::fanout::{ConnId, Name};
+use crate::messages::{ConnId, Name};
 use chat_wire::protocol::{dm_members, dm_room, ErrorCode, RequestError};
 
 pub fn apply(

@@ -7,9 +7,9 @@
 //! the end of what the server still holds). Any room may be read without joining it, except
 //! direct-message rooms, which only their two users may read (`forbidden`).
 
-use crate::bus::memory::FetchKind;
 use crate::core::Core;
-use crate::fanout::{ConnId, CoreMsg};
+use crate::messages::FetchKind;
+use crate::messages::{ConnId, CoreMsg};
 use chat_wire::protocol::RequestError;
 
 pub fn apply(

@@ -10,7 +10,7 @@
 //! and resume requests per second: `rate_limited`.
 
 use crate::core::Core;
-use crate::fanout::{ConnId, CoreMsg, Name};
+use crate::messages::{ConnId, CoreMsg, Name};
 use chat_wire::protocol::RequestError;
 
 pub fn apply(core: &mut Core, conn: ConnId, room: &str) -> Result<(), RequestError> {

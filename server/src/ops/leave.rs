@@ -4,8 +4,9 @@
 //! connection is not a member. After `left`, no `msg` of the room reaches the connection.
 //! Direct-message rooms cannot be left (their users are always members): `bad_request`.
 
-use crate::core::{Core, Ready};
-use crate::fanout::ConnId;
+use crate::core::Core;
+use crate::messages::ConnId;
+use crate::replies::Ready;
 use chat_wire::protocol::{reply, ErrorCode, RequestError};
 
 pub fn apply(core: &mut Core, conn: ConnId, room: &str) -> Result<(), RequestError> {

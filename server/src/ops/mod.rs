@@ -10,7 +10,8 @@ mod resume;
 mod send;
 
 use crate::core::Core;
-use crate::fanout::ConnId;
+use crate::messages::ConnId;
+use crate::metrics::inc;
 use chat_wire::protocol::{dm_members, ClientOp, ErrorCode, RequestError, DM_PREFIX};
 
 /// Serves one decoded request of `conn`. An `Err` is answered as an `error` reply.
@@ -82,5 +83,19 @@ fn is_own_dm(room: &str, user: &str) -> Result<bool, RequestError> {
             ErrorCode::Forbidden,
             "room names starting with dm: are reserved for direct messages",
         )),
+    }
+}
+
+/// Decodes and serves one text message of `conn`.
+pub fn on_text(core: &mut Core, conn: ConnId, data: &mut [u8]) {
+    inc(&core.counters().requests);
+    match core.decoder.decode(data) {
+        Ok(op) => {
+            // The op borrows `data`, not the decoder; reborrow the core freely.
+            if let Err(e) = apply(core, conn, op) {
+                core.reply_error(conn, e);
+            }
+        }
+        Err(e) => core.reply_error(conn, e),
     }
 }

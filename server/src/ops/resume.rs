@@ -10,9 +10,10 @@
 //! only (`forbidden`), and they need no join. The limits of `join` apply (`--max-rooms-per-conn`,
 //! `--room-rate-limit`).
 
-use crate::bus::memory::FetchKind;
-use crate::core::{Core, Member, MemberState};
-use crate::fanout::{ConnId, CoreMsg, Name};
+use crate::core::Core;
+use crate::members::{Member, MemberState};
+use crate::messages::FetchKind;
+use crate::messages::{ConnId, CoreMsg, Name};
 use chat_wire::protocol::RequestError;
 
 pub fn apply(core: &mut Core, conn: ConnId, room: &str, after: u64) -> Result<(), RequestError> {

@@ -10,9 +10,9 @@
 //! message's seq and id and is not delivered again. Over the connection's rate: `rate_limited`;
 //! while the server drains: `unavailable`.
 
-use crate::bus::memory::PublishRequest;
 use crate::core::Core;
-use crate::fanout::{ConnId, CoreMsg, Name};
+use crate::messages::PublishRequest;
+use crate::messages::{ConnId, CoreMsg, Name};
 use chat_wire::protocol::{dm_members, ErrorCode, RequestError};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 

@@ -22,7 +22,7 @@
 
 use super::{msg_head, stream_messages, Bus, Name};
 use crate::bus::redis as keys;
-use crate::fanout::CoreMsg;
+use crate::messages::CoreMsg;
 use bytes::Bytes;
 use chat_wire::frame::{encode_frame, OpCode};
 use redis::Value;

@@ -18,7 +18,7 @@
 //! beyond that the reply says `complete: false`.
 
 use super::{Bus, Name};
-use crate::fanout::{ReplayGauge, Reply, ReplyTo};
+use crate::messages::{ReplayGauge, Reply, ReplyTo};
 use chat_wire::frame::{encode_frame, OpCode};
 use std::time::Duration;
 
