@@ -15,7 +15,8 @@
 //!
 //! With `--redis-replicas` every read is confirmed by the replicas like any other.
 
-use super::{unreplicated, value_u64, Bus, Name};
+use super::resp::{unreplicated, value_u64};
+use super::{Bus, Name};
 use crate::bus::redis as keys;
 use ahash::AHashMap;
 use std::rc::Rc;

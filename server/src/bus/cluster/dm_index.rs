@@ -20,7 +20,8 @@
 //! Cost: two `HSET` + two `EXPIRE` per DM, pipelined, off the ack path; nothing for room
 //! messages.
 
-use super::{msg_head, stream_messages, Bus, Name};
+use super::resp::{msg_head, stream_messages};
+use super::{Bus, Name};
 use crate::bus::redis as keys;
 use crate::messages::CoreMsg;
 use bytes::Bytes;
