@@ -144,7 +144,17 @@ async fn rooms_a_connection_joined_are_given_back_when_it_closes() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let after = rss(&server);
+    assert_eq!(rooms, 0.0, "every room it touched is freed");
+    // The cores give the memory back to the system within a few housekeeping rounds.
+    let grown = held.saturating_sub(before);
+    let mut after = rss(&server);
+    for _ in 0..50 {
+        if after < before + grown / 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        after = rss(&server);
+    }
     println!(
         "{n} rooms joined by one connection: RSS {:.1} MiB before, {:.1} MiB while joined \
          ({:.0} B per room), {:.1} MiB after it closed",
@@ -153,5 +163,11 @@ async fn rooms_a_connection_joined_are_given_back_when_it_closes() {
         held.saturating_sub(before) as f64 / n as f64,
         after as f64 / MIB as f64
     );
-    assert_eq!(rooms, 0.0, "every room it touched is freed");
+    assert!(
+        after < before + grown / 4,
+        "RSS after the close: {} MiB (before {} MiB, joined {} MiB)",
+        after / MIB,
+        before / MIB,
+        held / MIB
+    );
 }
