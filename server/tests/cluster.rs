@@ -1,7 +1,7 @@
 //! Cluster mode through the real protocol: two nodes sharing a real Redis (a private
 //! `redis-server`, or a real three-master Redis Cluster): rooms and DMs across nodes, `cid`
 //! retries across nodes, resume and history from the Redis cache, and a join Redis cannot
-//! serve. Redis failing during traffic is `cluster_redis_faults.rs`; Kafka is
+//! serve, and names/cids that cannot reach other keys. Redis failing during traffic is `cluster_redis_faults.rs`; Kafka is
 //! `cluster_kafka.rs`; their shared helpers are `support/cluster.rs`.
 
 mod support;
@@ -277,4 +277,39 @@ async fn a_join_that_redis_cannot_serve_fails_cleanly() {
         0,
         "and joining works once Redis is back"
     );
+}
+
+/// Names and cids can never change which key or slot a command touches, on a real Redis
+/// Cluster: a room name with a brace is refused (`}x` would give its keys an empty hash tag and
+/// a CROSSSLOT error), and a cid shaped like a key suffix (`x}:seq`) stays inside its room's
+/// dedupe key: the room's seq goes on, and retrying that cid is still recognised.
+#[tokio::test]
+async fn names_and_cids_cannot_reach_other_keys_on_a_redis_cluster() {
+    let cluster = RedisCluster::start();
+    let n = nodes(1, &cluster.urls().join(","), &[]);
+    let mut alice = Client::connect(&n[0].ws_url("alice"), "alice").await;
+    for room in ["}x", "{a}", "a{b", "x}:seq"] {
+        alice.send(json!({"type":"join","room":room})).await;
+        let e = alice.expect("error").await;
+        assert_eq!(e["code"], "bad_request", "{room}: {e}");
+    }
+    alice.join("k").await;
+    let tricky = ["x}:seq", "}:log", "{k}", "k}:c:alice:y"];
+    for (i, cid) in tricky.iter().enumerate() {
+        alice.send(send_req("k", cid, "b")).await;
+        let (ack, _) = alice.until("ack").await;
+        assert_eq!(ack["seq"], i as u64 + 1, "{cid}: {ack}");
+    }
+    // The retries get their first answers; the room's seq and log were not overwritten.
+    for (i, cid) in tricky.iter().enumerate() {
+        alice.send(send_req("k", cid, "b")).await;
+        let (ack, _) = alice.until("ack").await;
+        assert_eq!(ack["seq"], i as u64 + 1, "retry of {cid}: {ack}");
+    }
+    alice.send(send_req("k", "next", "b")).await;
+    let (ack, _) = alice.until("ack").await;
+    assert_eq!(ack["seq"], 5);
+    alice.send(json!({"type":"history","room":"k"})).await;
+    let (h, _) = alice.until("history").await;
+    assert_eq!(seqs(h["messages"].as_array().unwrap()), vec![1, 2, 3, 4, 5]);
 }
