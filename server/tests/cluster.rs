@@ -1,8 +1,9 @@
 //! Cluster mode through the real protocol: two nodes sharing a real Redis (a private
 //! `redis-server`, or a real three-master Redis Cluster): rooms and DMs across nodes, `cid`
-//! retries across nodes, resume and history from the Redis cache, and a join Redis cannot
-//! serve, and names/cids that cannot reach other keys. Redis failing during traffic is `cluster_redis_faults.rs`; Kafka is
-//! `cluster_kafka.rs`; their shared helpers are `support/cluster.rs`.
+//! retries across nodes, resume and history from the Redis cache, a join Redis cannot serve,
+//! and names/cids that cannot reach other keys. Redis failing during traffic is
+//! `cluster_redis_faults.rs`; Kafka is `cluster_kafka.rs`; their shared helpers are
+//! `support/cluster.rs`.
 
 mod support;
 
