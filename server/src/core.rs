@@ -15,6 +15,7 @@
 //! message before the reply that introduces it.
 
 use crate::bus::memory::{MemoryConfig, RoomShard};
+use crate::bus::owner::RoomOwner;
 use crate::fanout::Outbox;
 use crate::members::{LocalRoom, Member, MemberState};
 use crate::messages::{Channel, ConnId, CoreId, CoreMsg, Name, Reply, ReplyTo};
@@ -22,7 +23,7 @@ use crate::metrics::{inc, CoreCounters};
 use crate::node::Node;
 use crate::outbound::ConnIo;
 use crate::rate_limit::TokenBucket;
-use crate::replies::{Ready, ReplyQueue};
+use crate::replies::ReplyQueue;
 use ahash::AHashMap;
 use bytes::Bytes;
 use chat_wire::protocol::{reply, Decoder, RequestError};
@@ -72,7 +73,7 @@ impl Core {
         };
         Core {
             id,
-            shard: RoomShard::new(id, node.threads, node.node_id, mem),
+            shard: RoomShard::new(id, node.threads, node.node_id, mem, out.clone()),
             decoder: Decoder::new(cfg.max_body),
             node,
             out,
@@ -212,11 +213,11 @@ impl Core {
     /// Answers `conn` with an error, in request order.
     pub fn reply_error(&mut self, conn: ConnId, e: RequestError) {
         inc(&self.counters().errors);
-        self.reply_now(conn, Ready::Frames(vec![reply::error(&e)]));
+        self.reply_now(conn, Reply::Frames(vec![reply::error(&e)]));
     }
 
     /// A reply known at once: goes out now, or after the replies still pending before it.
-    pub fn reply_now(&mut self, conn: ConnId, ready: Ready) {
+    pub fn reply_now(&mut self, conn: ConnId, ready: Reply) {
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
@@ -238,7 +239,7 @@ impl Core {
             other => {
                 let before = self.shard.rooms();
                 let published = matches!(other, CoreMsg::Publish(_));
-                if let Err(unexpected) = self.shard.handle(other, &self.out) {
+                if let Err(unexpected) = self.shard.handle(other) {
                     tracing::error!(?unexpected, "misrouted core message");
                 }
                 if published {
@@ -303,28 +304,7 @@ impl Core {
                 }
                 return;
             }
-            Reply::Frames(frames) => Ready::Frames(frames),
-            Reply::Joined { room, seq } => {
-                let frames = vec![reply::joined(&room, seq)];
-                Ready::Start { room, seq, frames }
-            }
-            Reply::Failed { room, error } => Ready::Abort {
-                room,
-                frames: vec![error],
-            },
-            Reply::Resumed {
-                room,
-                seq,
-                mut messages,
-                complete,
-            } => {
-                messages.push(reply::resumed(&room, seq, complete));
-                Ready::Start {
-                    room,
-                    seq,
-                    frames: messages,
-                }
-            }
+            ready => ready,
         };
         let Some(conn) = self.conns.get_mut(&to.conn) else {
             return;
@@ -350,8 +330,10 @@ impl Core {
             match ready {
                 // Replies are bounded by the request (a `history` page, a `resume` backlog):
                 // written at the client's pace, outside --outbound-limit (ConnIo::send_replay).
-                Ready::Frames(frames) => frames.into_iter().for_each(|f| conn.io.send_replay(f)),
-                Ready::Start { room, seq, frames } => {
+                Reply::Frames(frames) | Reply::ResumePart(frames) => {
+                    frames.into_iter().for_each(|f| conn.io.send_replay(f))
+                }
+                Reply::Start { room, seq, frames } => {
                     frames.into_iter().for_each(|f| conn.io.send_replay(f));
                     // Go live: the member this request created (a room) or the DM position.
                     if let Some(m) = conn
@@ -372,7 +354,7 @@ impl Core {
                         }
                     }
                 }
-                Ready::Abort { room, frames } => {
+                Reply::Abort { room, frames } => {
                     frames.into_iter().for_each(|f| conn.io.send(f));
                     // The join or resume failed: forget the member it created.
                     if conn

@@ -10,6 +10,7 @@ pub mod bus {
     //! See `bus/mod.rs`; only the parts that stand alone.
     pub mod dedupe;
     pub mod memory;
+    pub mod owner;
     pub mod redis;
     pub mod replication;
     pub mod slot;

@@ -111,26 +111,52 @@ pub enum CoreMsg {
     Shutdown,
 }
 
-/// Answers from an owner core to a connection's request.
+/// Answers from a room's owner to a connection's request: always finished frames, which the
+/// connection's core sends in request order without looking inside.
 #[derive(Debug)]
 pub enum Reply {
     /// Frames to send as the reply (an `ack`, an `error`, a `history`).
     Frames(Vec<Bytes>),
-    /// `joined`: the room's latest seq when the request was served.
-    Joined { room: Name, seq: u64 },
-    /// A `join` or `resume` that could not be served: the `error` frame to send.
-    Failed { room: Name, error: Bytes },
-    /// The first messages of a `resume` (a page read from PostgreSQL), sent as soon as the
-    /// replies before it are out; the rest and the `resumed` frame follow as `Resumed`.
-    ResumePart(Vec<Bytes>),
-    /// `resume`: every stored message after the requested seq, the latest seq, and whether
-    /// nothing in between was missing.
-    Resumed {
+    /// The reply to a `join` or `resume` (`joined`, or the messages then `resumed`): once
+    /// sent, the member it created is live after `seq`.
+    Start {
         room: Name,
         seq: u64,
-        messages: Vec<Bytes>,
-        complete: bool,
+        frames: Vec<Bytes>,
     },
+    /// A `join` or `resume` that could not be served: its `error` frame; the member it
+    /// created goes.
+    Abort { room: Name, frames: Vec<Bytes> },
+    /// The first messages of a `resume` (a page read from PostgreSQL), sent as soon as the
+    /// replies before it are out; the rest and the `resumed` frame follow as `Start`.
+    ResumePart(Vec<Bytes>),
+}
+
+impl Reply {
+    /// `joined`: the room's latest seq when the request was served.
+    pub fn joined(room: Name, seq: u64) -> Reply {
+        let frames = vec![chat_wire::protocol::reply::joined(&room, seq)];
+        Reply::Start { room, seq, frames }
+    }
+
+    /// `resume`'s answer: `messages` (every held message after the requested seq), then
+    /// `resumed` with the latest seq and whether nothing in between was missing.
+    pub fn resumed(room: Name, seq: u64, mut messages: Vec<Bytes>, complete: bool) -> Reply {
+        messages.push(chat_wire::protocol::reply::resumed(&room, seq, complete));
+        Reply::Start {
+            room,
+            seq,
+            frames: messages,
+        }
+    }
+
+    /// A `join` or `resume` that failed with `error`.
+    pub fn failed(room: Name, error: Bytes) -> Reply {
+        Reply::Abort {
+            room,
+            frames: vec![error],
+        }
+    }
 }
 
 /// A message to order and store: everything but its seq and id.

@@ -5,7 +5,7 @@
 //! of a long reply (a `resume` read page by page from PostgreSQL) may go ahead of their reply
 //! once every reply before it is out.
 
-use crate::messages::Name;
+use crate::messages::Reply;
 use ahash::AHashMap;
 use bytes::Bytes;
 use std::collections::VecDeque;
@@ -16,25 +16,9 @@ use std::time::Instant;
 pub struct ReplyQueue {
     next_ticket: u64,
     /// `(ticket, reply once known, when a timed request was read)`, ascending by ticket.
-    slots: VecDeque<(u64, Option<Ready>, Option<Instant>)>,
+    slots: VecDeque<(u64, Option<Reply>, Option<Instant>)>,
     /// The first frames of replies that are not at the front yet (`Reply::ResumePart`).
     early: AHashMap<u64, Vec<Bytes>>,
-}
-
-/// A reply ready to go out.
-pub enum Ready {
-    Frames(Vec<Bytes>),
-    /// Frames that make a member live at `seq` once sent (`joined`, `resume`).
-    Start {
-        room: Name,
-        seq: u64,
-        frames: Vec<Bytes>,
-    },
-    /// A join or resume that failed: its error, and the member it created goes.
-    Abort {
-        room: Name,
-        frames: Vec<Bytes>,
-    },
 }
 
 impl ReplyQueue {
@@ -66,7 +50,7 @@ impl ReplyQueue {
         None
     }
 
-    pub fn fill(&mut self, ticket: u64, ready: Ready) {
+    pub fn fill(&mut self, ticket: u64, ready: Reply) {
         let Some(front) = self.slots.front().map(|s| s.0) else {
             return;
         };
@@ -80,7 +64,7 @@ impl ReplyQueue {
     }
 
     /// The front reply once complete, with the frames that came before it (`part`).
-    pub fn pop_ready(&mut self) -> Option<(u64, Vec<Bytes>, Ready, Option<Instant>)> {
+    pub fn pop_ready(&mut self) -> Option<(u64, Vec<Bytes>, Reply, Option<Instant>)> {
         if matches!(self.slots.front(), Some((_, Some(_), _))) {
             let (t, r, read) = self.slots.pop_front().unwrap();
             let early = self.early.remove(&t).unwrap_or_default();

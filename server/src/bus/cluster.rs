@@ -28,10 +28,11 @@
 //! failover, [`resp`] the shapes of Redis answers.
 
 use super::memory::CoreSet;
+use super::owner::RoomOwner;
 use super::redis::{self as keys, RedisConn, PUBLISH_LUA, READ_AFTER_LUA};
 use crate::log::kafka::{KafkaConfig, KafkaLog};
-use crate::messages::PublishRequest;
 use crate::messages::{Channel, CoreId, CoreMsg, Name, Reply, ReplyTo};
+use crate::messages::{FetchKind, PublishRequest, ReplayGauge};
 use crate::metrics::inc;
 use crate::node::Node;
 use crate::store::postgres::PgStore;
@@ -334,55 +335,81 @@ impl BusExt for Rc<Bus> {
         if self.redis().is_cluster() {
             tokio::task::spawn_local(self.clone().watch_topology());
         }
+        let mut owner = ClusterOwner {
+            bus: self.clone(),
+            publishes: (0..self.node.threads).map(|_| Vec::new()).collect(),
+        };
         loop {
             let batch = self.node.mailboxes[bus_index].recv().await;
-            let mut per_core: Vec<Vec<PublishRequest>> =
-                (0..self.node.threads).map(|_| Vec::new()).collect();
             for msg in batch {
-                match msg {
-                    CoreMsg::Publish(req) => per_core[req.reply.core].push(req),
-                    CoreMsg::Join {
-                        room,
-                        subscribe,
-                        reply,
-                    } => {
-                        tokio::task::spawn_local(self.clone().join(room, subscribe, reply));
+                if let CoreMsg::Shutdown = msg {
+                    // The drain is over and the cores are closing their connections: let
+                    // every record still on its way reach Kafka (bounded), then end the bus
+                    // thread; `main` waits for that before the process exits.
+                    if let Some(k) = &self.kafka {
+                        let started = std::time::Instant::now();
+                        k.flush(KAFKA_FLUSH_TIMEOUT);
+                        tracing::info!(elapsed = ?started.elapsed(), "Kafka flushed");
                     }
-                    CoreMsg::Fetch {
-                        room,
-                        kind,
-                        subscribe,
-                        reply,
-                        gauge,
-                    } => {
-                        let fetch = self.clone().fetch(room, kind, subscribe, reply, gauge);
-                        tokio::task::spawn_local(fetch);
-                    }
-                    CoreMsg::Subscribe {
-                        channel: Channel::User(user),
-                        core,
-                    } => self.subscribe_user(user, core),
-                    CoreMsg::Unsubscribe { channel, core } => self.unsubscribe(channel, core),
-                    CoreMsg::Shutdown => {
-                        // The drain is over and the cores are closing their connections: let
-                        // every record still on its way reach Kafka (bounded), then end the
-                        // bus thread; `main` waits for that before the process exits.
-                        if let Some(k) = &self.kafka {
-                            let started = std::time::Instant::now();
-                            k.flush(KAFKA_FLUSH_TIMEOUT);
-                            tracing::info!(elapsed = ?started.elapsed(), "Kafka flushed");
-                        }
-                        return;
-                    }
-                    other => tracing::error!(?other, "unexpected message on the cluster bus"),
+                    return;
+                }
+                if let Err(unexpected) = owner.handle(msg) {
+                    tracing::error!(?unexpected, "unexpected message on the cluster bus");
                 }
             }
-            for (core, reqs) in per_core.into_iter().enumerate() {
+            // This turn's sends, one batch per core (one pipeline each, see `publish`).
+            for (core, reqs) in owner.publishes.iter_mut().enumerate() {
                 if !reqs.is_empty() {
-                    let _ = publishers[core].send(reqs);
+                    let _ = publishers[core].send(std::mem::take(reqs));
                 }
             }
         }
+    }
+}
+
+/// The bus as the owner of every room in cluster mode: each request becomes a task on this
+/// thread (the sends of one turn are batched per core first).
+struct ClusterOwner {
+    bus: Rc<Bus>,
+    publishes: Vec<Vec<PublishRequest>>,
+}
+
+impl RoomOwner for ClusterOwner {
+    fn publish(&mut self, req: PublishRequest) {
+        self.publishes[req.reply.core].push(req);
+    }
+
+    fn join(&mut self, room: Name, subscribe: bool, reply: ReplyTo) {
+        tokio::task::spawn_local(Bus::join(self.bus.clone(), room, subscribe, reply));
+    }
+
+    fn fetch(
+        &mut self,
+        room: Name,
+        kind: FetchKind,
+        subscribe: bool,
+        reply: ReplyTo,
+        gauge: Arc<ReplayGauge>,
+    ) {
+        let fetch = Bus::fetch(self.bus.clone(), room, kind, subscribe, reply, gauge);
+        tokio::task::spawn_local(fetch);
+    }
+
+    fn subscribe(&mut self, channel: Channel, core: CoreId) {
+        match channel {
+            Channel::User(user) => self.bus.subscribe_user(user, core),
+            // A room's channel is subscribed by the join or resume that needs it.
+            Channel::Room(room) => tracing::error!(%room, "room subscribe outside a join"),
+        }
+    }
+
+    fn unsubscribe(&mut self, channel: Channel, core: CoreId) {
+        self.bus.unsubscribe(channel, core);
+    }
+
+    fn forward_to_user(&mut self, user: Name, _room: Name, _seq: u64, _frame: Bytes) {
+        // Direct messages reach a user's nodes through the user's Redis channel.
+        tracing::error!(%user, "forward_to_user on the cluster bus");
     }
 }
 
@@ -410,7 +437,7 @@ impl Bus {
     /// A join or resume that failed: the member the core created for it is dropped.
     fn reply_failed(&self, to: ReplyTo, room: Name, message: &str) {
         let error = reply::error(&RequestError::new(ErrorCode::Unavailable, message));
-        self.reply(to, Reply::Failed { room, error });
+        self.reply(to, Reply::failed(room, error));
     }
 
     /// `(replicas, WAIT timeout)` with `--redis-replicas` ([`super::replication`]).

@@ -11,6 +11,7 @@
 pub mod cluster;
 pub mod dedupe;
 pub mod memory;
+pub mod owner;
 pub mod redis;
 pub mod replication;
 pub mod slot;

@@ -6,7 +6,7 @@
 
 use crate::core::Core;
 use crate::messages::ConnId;
-use crate::replies::Ready;
+use crate::messages::Reply;
 use chat_wire::protocol::{reply, ErrorCode, RequestError};
 
 pub fn apply(core: &mut Core, conn: ConnId, room: &str) -> Result<(), RequestError> {
@@ -23,6 +23,6 @@ pub fn apply(core: &mut Core, conn: ConnId, room: &str) -> Result<(), RequestErr
         ));
     };
     core.remove_member(&name, key);
-    core.reply_now(conn, Ready::Frames(vec![reply::left(room)]));
+    core.reply_now(conn, Reply::Frames(vec![reply::left(room)]));
     Ok(())
 }

@@ -55,7 +55,7 @@ impl Bus {
                 if subscribe {
                     self.state.borrow_mut().seed_last(&room, seq);
                 }
-                self.reply(to, Reply::Joined { room, seq });
+                self.reply(to, Reply::joined(room, seq));
             }
             other => {
                 tracing::warn!(%room, ?other, "join failed");
@@ -181,15 +181,7 @@ impl Bus {
                             self.state.borrow_mut().seed_last(&room, latest);
                         }
                         let frames = msgs.iter().map(|m| encode_frame(OpCode::Text, m)).collect();
-                        self.reply(
-                            to,
-                            Reply::Resumed {
-                                room,
-                                seq: latest,
-                                messages: frames,
-                                complete,
-                            },
-                        );
+                        self.reply(to, Reply::resumed(room, latest, frames, complete));
                     }
                     other => {
                         tracing::warn!(%room, ?other, "resume failed");

@@ -8,14 +8,17 @@
 //! in one step); keeping the shapes alike keeps the core code the same in both modes.
 
 use super::dedupe::DedupeWindow;
+use super::owner::{reply_msg, RoomOwner};
 use crate::fanout::{user_owner, Outbox};
-use crate::messages::{Channel, CoreId, CoreMsg, FetchKind, Name, PublishRequest, Reply};
+use crate::messages::{Channel, CoreId, CoreMsg, FetchKind, Name, PublishRequest, ReplayGauge};
+use crate::messages::{Reply, ReplyTo};
 use ahash::AHashMap;
 use bytes::Bytes;
 use chat_wire::frame::payload_of;
 use chat_wire::protocol::{reply, Msg};
 use std::collections::VecDeque;
 use std::rc::Rc;
+use std::sync::Arc;
 
 /// A set of cores (at most 128 per process).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -104,12 +107,21 @@ pub struct RoomShard {
     history_evicted: u64,
     id_prefix: String,
     next_id: u64,
+    /// Where answers and deliveries go (the core's outbox, flushed after each turn).
+    out: Rc<Outbox>,
 }
 
 impl RoomShard {
-    pub fn new(core: CoreId, cores: usize, node_id: u64, cfg: MemoryConfig) -> Self {
+    pub fn new(
+        core: CoreId,
+        cores: usize,
+        node_id: u64,
+        cfg: MemoryConfig,
+        out: Rc<Outbox>,
+    ) -> Self {
         RoomShard {
             cores,
+            out,
             rooms: AHashMap::new(),
             users: AHashMap::new(),
             dedupe: DedupeWindow::new(cfg.dedupe_window_ms, cfg.dedupe_capacity),
@@ -154,107 +166,8 @@ impl RoomShard {
         }
     }
 
-    /// Handles one message meant for an owner; gives back any message that is not.
-    pub fn handle(&mut self, msg: CoreMsg, out: &Outbox) -> Result<(), Box<CoreMsg>> {
-        match msg {
-            CoreMsg::Publish(req) => self.publish(req, out),
-            CoreMsg::Join {
-                room,
-                subscribe,
-                reply,
-            } => {
-                let core = reply.core;
-                // A room nobody subscribes to and nobody wrote to is not kept (see `free`).
-                let seq = match (subscribe, self.rooms.get(&room)) {
-                    (false, None) => 0,
-                    _ => {
-                        let state = self.room(&room);
-                        if subscribe {
-                            state.subscribers.insert(core);
-                        }
-                        state.seq
-                    }
-                };
-                out.push(
-                    core,
-                    CoreMsg::Reply {
-                        to: reply,
-                        reply: Reply::Joined { room, seq },
-                    },
-                );
-            }
-            CoreMsg::Fetch {
-                room,
-                kind,
-                subscribe,
-                reply,
-                ..
-            } => {
-                let answer = match (subscribe, self.rooms.get(&room)) {
-                    (false, None) => fetch(&room, &RoomState::default(), kind),
-                    _ => {
-                        let state = self.room(&room);
-                        if subscribe {
-                            state.subscribers.insert(reply.core);
-                        }
-                        fetch(&room, state, kind)
-                    }
-                };
-                out.push(
-                    reply.core,
-                    CoreMsg::Reply {
-                        to: reply,
-                        reply: answer,
-                    },
-                );
-            }
-            CoreMsg::Subscribe { channel, core } => match channel {
-                Channel::Room(room) => self.room(&room).subscribers.insert(core),
-                Channel::User(user) => self.users.entry(user).or_default().insert(core),
-            },
-            CoreMsg::Unsubscribe { channel, core } => match channel {
-                Channel::Room(room) => {
-                    if let Some(state) = self.rooms.get_mut(&room) {
-                        state.subscribers.remove(core);
-                    }
-                    self.free(&room);
-                }
-                Channel::User(user) => {
-                    if let Some(set) = self.users.get_mut(&user) {
-                        set.remove(core);
-                        if set.is_empty() {
-                            self.users.remove(&user);
-                        }
-                    }
-                }
-            },
-            CoreMsg::ForwardToUser {
-                user,
-                room,
-                seq,
-                frame,
-            } => {
-                if let Some(set) = self.users.get(&user) {
-                    for core in set.iter() {
-                        let channel = Channel::User(user.clone());
-                        out.push(
-                            core,
-                            CoreMsg::Deliver {
-                                channel,
-                                room: room.clone(),
-                                seq,
-                                frame: frame.clone(),
-                            },
-                        );
-                    }
-                }
-            }
-            other => return Err(Box::new(other)),
-        }
-        Ok(())
-    }
-
-    fn publish(&mut self, req: PublishRequest, out: &Outbox) {
+    fn publish_one(&mut self, req: PublishRequest) {
+        let out = self.out.clone();
         let key: Rc<str> = format!("{}\u{0}{}\u{0}{}", req.room, req.from, req.cid).into();
         if let Some(first) = self.dedupe.lookup(req.ts, &key) {
             // A retry: the same answer as the first time, and no second delivery.
@@ -344,6 +257,92 @@ impl RoomShard {
     }
 }
 
+/// The standalone owner: everything happens here, on the room's core, at once.
+impl RoomOwner for RoomShard {
+    fn publish(&mut self, req: PublishRequest) {
+        self.publish_one(req);
+    }
+
+    fn join(&mut self, room: Name, subscribe: bool, reply: ReplyTo) {
+        // A room nobody subscribes to and nobody wrote to is not kept (see `free`).
+        let seq = match (subscribe, self.rooms.get(&room)) {
+            (false, None) => 0,
+            _ => {
+                let state = self.room(&room);
+                if subscribe {
+                    state.subscribers.insert(reply.core);
+                }
+                state.seq
+            }
+        };
+        self.out
+            .push(reply.core, reply_msg(reply, Reply::joined(room, seq)));
+    }
+
+    fn fetch(
+        &mut self,
+        room: Name,
+        kind: FetchKind,
+        subscribe: bool,
+        reply: ReplyTo,
+        _gauge: Arc<ReplayGauge>,
+    ) {
+        // Everything is in memory: the frames are shared, so the whole reply goes at once.
+        let answer = match (subscribe, self.rooms.get(&room)) {
+            (false, None) => fetch(&room, &RoomState::default(), kind),
+            _ => {
+                let state = self.room(&room);
+                if subscribe {
+                    state.subscribers.insert(reply.core);
+                }
+                fetch(&room, state, kind)
+            }
+        };
+        self.out.push(reply.core, reply_msg(reply, answer));
+    }
+
+    fn subscribe(&mut self, channel: Channel, core: CoreId) {
+        match channel {
+            Channel::Room(room) => self.room(&room).subscribers.insert(core),
+            Channel::User(user) => self.users.entry(user).or_default().insert(core),
+        }
+    }
+
+    fn unsubscribe(&mut self, channel: Channel, core: CoreId) {
+        match channel {
+            Channel::Room(room) => {
+                if let Some(state) = self.rooms.get_mut(&room) {
+                    state.subscribers.remove(core);
+                }
+                self.free(&room);
+            }
+            Channel::User(user) => {
+                if let Some(set) = self.users.get_mut(&user) {
+                    set.remove(core);
+                    if set.is_empty() {
+                        self.users.remove(&user);
+                    }
+                }
+            }
+        }
+    }
+
+    fn forward_to_user(&mut self, user: Name, room: Name, seq: u64, frame: Bytes) {
+        if let Some(set) = self.users.get(&user) {
+            for core in set.iter() {
+                let channel = Channel::User(user.clone());
+                let deliver = CoreMsg::Deliver {
+                    channel,
+                    room: room.clone(),
+                    seq,
+                    frame: frame.clone(),
+                };
+                self.out.push(core, deliver);
+            }
+        }
+    }
+}
+
 impl RoomShard {
     /// Evicts the oldest messages, whatever their room, until the rooms' recent messages fit
     /// `history_memory`. A room keeps its seq; `resume` then reports `complete: false` for a
@@ -418,12 +417,7 @@ fn fetch(room: &Name, state: &RoomState, kind: FetchKind) -> Reply {
                 Some(first) => first == after + 1,
                 None => after >= state.seq,
             };
-            Reply::Resumed {
-                room: room.clone(),
-                seq: state.seq,
-                messages,
-                complete,
-            }
+            Reply::resumed(room.clone(), state.seq, messages, complete)
         }
     }
 }

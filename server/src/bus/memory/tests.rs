@@ -3,12 +3,10 @@
 
 use super::*;
 use crate::fanout::Mailbox;
-use crate::messages::ReplyTo;
-use std::sync::Arc;
 
 struct Harness {
     shard: RoomShard,
-    out: Outbox,
+    out: Rc<Outbox>,
     boxes: Arc<[Mailbox]>,
 }
 
@@ -25,16 +23,17 @@ impl Harness {
             dedupe_capacity: 1000,
             history_memory,
         };
+        let out = Rc::new(Outbox::new(boxes.clone()));
         Harness {
-            shard: RoomShard::new(0, 1, 7, cfg),
-            out: Outbox::new(boxes.clone()),
+            shard: RoomShard::new(0, 1, 7, cfg, out.clone()),
+            out,
             boxes,
         }
     }
 
     /// Handles `msg` and returns the replies it produced.
     fn call(&mut self, msg: CoreMsg) -> Vec<Reply> {
-        self.shard.handle(msg, &self.out).unwrap();
+        self.shard.handle(msg).unwrap();
         self.out.flush();
         let mut replies = Vec::new();
         while let Some(batch) = self.boxes[0].try_recv() {
@@ -91,12 +90,13 @@ impl Harness {
             })
             .pop()
         {
-            Some(Reply::Resumed {
-                seq,
-                messages,
-                complete,
-                ..
-            }) => (seq, messages.len(), complete),
+            Some(Reply::Start { seq, frames, .. }) => {
+                let resumed: serde_json::Value =
+                    serde_json::from_slice(&payload_of(frames.last().unwrap())).unwrap();
+                assert_eq!(resumed["type"], "resumed");
+                let complete = resumed["complete"].as_bool().unwrap();
+                (seq, frames.len() - 1, complete)
+            }
             other => panic!("{other:?}"),
         }
     }
@@ -160,7 +160,7 @@ fn rooms_that_hold_nothing_are_not_kept() {
             reply: reply(i as u64),
             gauge: Default::default(),
         });
-        assert!(matches!(answer.as_slice(), [Reply::Resumed { seq: 0, .. }]));
+        assert!(matches!(answer.as_slice(), [Reply::Start { seq: 0, .. }]));
     }
     assert_eq!(h.shard.rooms(), 0, "reading never-used rooms keeps nothing");
 
