@@ -191,7 +191,7 @@ async fn read_loop(
                 Ok(Some(Message::Close(status))) => {
                     // Answer what the client asked before it said goodbye, then echo its close.
                     let _ =
-                        monoio::time::timeout(REPLY_FLUSH_TIMEOUT, replies_done(core, conn, io))
+                        monoio::time::timeout(REPLY_FLUSH_TIMEOUT, replies_done(io))
                             .await;
                     on_message(core, conn, io, Message::Close(status));
                 }
@@ -206,16 +206,11 @@ async fn read_loop(
         // Back-pressure: stop reading while too many requests are unanswered, or while a
         // replay larger than the outbound limit waits to be read by the client.
         poll_fn(|cx| {
-            let c = core.borrow();
-            match c.conns.get(&conn) {
-                Some(state)
-                    if (state.replies.in_flight() >= max_inflight || io.replay_backlog())
-                        && !io.is_closing() =>
-                {
-                    io.park_reader(cx.waker());
-                    Poll::Pending
-                }
-                _ => Poll::Ready(()),
+            if (io.in_flight() >= max_inflight || io.replay_backlog()) && !io.is_closing() {
+                io.park_reader(cx.waker());
+                Poll::Pending
+            } else {
+                Poll::Ready(())
             }
         })
         .await;
@@ -235,13 +230,14 @@ async fn read_loop(
 }
 
 /// Waits until every request of `conn` has been answered.
-async fn replies_done(core: &CoreRef, conn: u64, io: &ConnIo) {
-    poll_fn(|cx| match core.borrow().conns.get(&conn) {
-        Some(state) if state.replies.in_flight() > 0 => {
+async fn replies_done(io: &ConnIo) {
+    poll_fn(|cx| {
+        if io.in_flight() > 0 {
             io.park_reader(cx.waker());
             Poll::Pending
+        } else {
+            Poll::Ready(())
         }
-        _ => Poll::Ready(()),
     })
     .await
 }

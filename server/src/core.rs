@@ -192,12 +192,9 @@ impl Core {
     /// Takes the next reply ticket of `conn`: where the owner's answer must go. With `read`,
     /// the time from then to the reply going out is recorded in `chat_ack_latency_seconds`.
     pub fn ticket(&mut self, conn: ConnId, read: Option<Instant>) -> ReplyTo {
-        let ticket = self
-            .conns
-            .get_mut(&conn)
-            .expect("live connection")
-            .replies
-            .reserve_timed(read);
+        let c = self.conns.get_mut(&conn).expect("live connection");
+        let ticket = c.replies.reserve_timed(read);
+        c.io.set_in_flight(c.replies.in_flight());
         ReplyTo {
             core: self.id,
             conn,
@@ -387,6 +384,7 @@ impl Core {
         if let Some(early) = conn.replies.take_front_early() {
             send_held(&conn.io, early);
         }
+        conn.io.set_in_flight(conn.replies.in_flight());
         if conn.replies.in_flight() < max_inflight {
             conn.io.wake_reader();
         }

@@ -174,6 +174,9 @@ struct OutState {
     open: bool,
     last_heard: Instant,
     pinged: bool,
+    /// Requests of this connection not answered yet (the core's reply queue keeps the count
+    /// here, where the reader looks to stop reading at `--max-inflight`).
+    in_flight: usize,
 }
 
 impl OutState {
@@ -221,6 +224,7 @@ impl ConnIo {
                 open: true,
                 last_heard: Instant::now(),
                 pinged: false,
+                in_flight: 0,
             }),
         }
     }
@@ -258,6 +262,15 @@ impl ConnIo {
             return;
         }
         st.push(frame, true);
+    }
+
+    /// Requests not answered yet.
+    pub fn in_flight(&self) -> usize {
+        self.state.borrow().in_flight
+    }
+
+    pub fn set_in_flight(&self, n: usize) {
+        self.state.borrow_mut().in_flight = n;
     }
 
     /// What the bus thread reads to pace a replay it reads page by page.
