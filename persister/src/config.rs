@@ -1,10 +1,28 @@
-//! Command-line flags, each with an environment fallback (`CHAT_*`), as the server has them.
+//! Command-line flags, each with an environment fallback (`CHAT_*`), as the server has them,
+//! and the choices they name ([`CopyMode`], [`OutOfRangePolicy`]). Nothing of the crate below
+//! it: every other module may read the flags.
 
-use crate::copy::CopyMode;
-use crate::start_offset::OutOfRangePolicy;
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use std::net::SocketAddr;
 use std::time::Duration;
+
+/// How batches reach `messages` (`--copy-mode`; see [`crate::copy`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CopyMode {
+    /// Direct COPY into `messages` under a savepoint; staging after a duplicate.
+    Auto,
+    /// Always COPY into the staging table, then `INSERT ... ON CONFLICT DO NOTHING`.
+    Staging,
+}
+
+/// `--offset-out-of-range` (see [`crate::start_offset`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutOfRangePolicy {
+    /// Read again from the low watermark (records that exist are never skipped).
+    Reread,
+    /// Refuse the assignment and exit (status 3).
+    Stop,
+}
 
 /// Consumes the chat Kafka topic and writes every `msg` record to PostgreSQL's `messages` table
 /// with binary COPY, exactly once in effect: the consumed offsets are stored in PostgreSQL in

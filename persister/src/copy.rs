@@ -16,8 +16,9 @@
 //! few batches (duplicates come in runs: after a restart, a rebalance, a producer retry
 //! storm). Same transaction, same guarantees, either way.
 //!
-//! Offsets only move forward (`GREATEST`): a persister that lost a partition in a rebalance but
-//! still commits a batch of it cannot move the new owner back.
+//! Offsets only move forward (`GREATEST`, [`crate::pg::offsets::UPSERT`]): a persister that
+//! lost a partition in a rebalance but still commits a batch of it cannot move the new owner
+//! back.
 //!
 //! Failures: a batch is retried, with backoff, on a new connection until it is written, never
 //! skipped (the next batch would move the offsets past it). Bad data cannot cause a failure
@@ -25,8 +26,10 @@
 //! restarting, a lost link (caught by `--write-timeout-ms` when nothing says so).
 
 use crate::batch::{Batch, Row};
+use crate::config::CopyMode;
 use crate::dead_letter;
 use crate::metrics::Metrics;
+use crate::pg::{chain, connect, offsets, Backoff};
 use crate::schema::{self, SchemaError};
 use bytes::{BufMut, BytesMut};
 use std::error::Error as StdError;
@@ -36,7 +39,7 @@ use std::time::{Duration, Instant};
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
-use tokio_postgres::{Client, NoTls, Statement, Transaction};
+use tokio_postgres::{Client, Statement, Transaction};
 
 const CREATE_STAGING: &str = "CREATE TEMP TABLE IF NOT EXISTS persister_staging (
     room text, seq bigint, id text, sender text, body text, sent_at timestamptz, cid text
@@ -64,17 +67,6 @@ const STAGING_AFTER_CONFLICT: u32 = 8;
 const INSERT_MESSAGES: &str = "INSERT INTO messages (room, seq, id, sender, body, sent_at, cid) \
      SELECT room, seq, id, sender, body, sent_at, cid FROM persister_staging \
      ON CONFLICT (room, seq) DO NOTHING";
-
-/// Offsets only move forward; the fingerprint goes with the offset it belongs to.
-const UPSERT_OFFSETS: &str =
-    "INSERT INTO persister_offsets (topic, partition, next_offset, last_hash) \
-     SELECT $1, o.partition, o.next_offset, o.last_hash \
-     FROM unnest($2::int4[], $3::int8[], $4::int8[]) AS o(partition, next_offset, last_hash) \
-     ON CONFLICT (topic, partition) DO UPDATE \
-     SET next_offset = GREATEST(persister_offsets.next_offset, EXCLUDED.next_offset), \
-         last_hash = CASE WHEN EXCLUDED.next_offset >= persister_offsets.next_offset \
-                     THEN EXCLUDED.last_hash ELSE persister_offsets.last_hash END, \
-         updated_at = now()";
 
 /// A `timestamptz` in PostgreSQL's binary form (microseconds since 2000-01-01 UTC), computed
 /// once by [`crate::batch::parse`].
@@ -119,15 +111,6 @@ pub struct Written {
     pub fell_back: bool,
 }
 
-/// How batches reach `messages` (`--copy-mode`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum CopyMode {
-    /// Direct COPY into `messages` under a savepoint; staging after a duplicate.
-    Auto,
-    /// Always COPY into the staging table, then `INSERT ... ON CONFLICT DO NOTHING`.
-    Staging,
-}
-
 /// One connection with its session state (staging table, prepared statements).
 struct Session {
     client: Client,
@@ -146,30 +129,6 @@ pub struct Writer {
     mode: CopyMode,
     /// Batches left that take the staging path before a direct COPY is tried again.
     staging_left: u32,
-}
-
-/// Opens a connection; its I/O runs on a task of its own.
-pub async fn connect(pg: &tokio_postgres::Config) -> Result<Client, tokio_postgres::Error> {
-    let (client, connection) = pg.connect(NoTls).await?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!(error = %e, "PostgreSQL connection ended");
-        }
-    });
-    Ok(client)
-}
-
-/// `--postgres` as a client config, with a connect timeout and an application name unless the
-/// URL sets them.
-pub fn pg_config(url: &str) -> Result<tokio_postgres::Config, tokio_postgres::Error> {
-    let mut pg: tokio_postgres::Config = url.parse()?;
-    if pg.get_connect_timeout().is_none() {
-        pg.connect_timeout(Duration::from_secs(5));
-    }
-    if pg.get_application_name().is_none() {
-        pg.application_name("chat-persister");
-    }
-    Ok(pg)
 }
 
 impl Writer {
@@ -197,7 +156,7 @@ impl Writer {
         let client = connect(&self.pg).await?;
         client.batch_execute(CREATE_STAGING).await?;
         let insert_messages = client.prepare(INSERT_MESSAGES).await?;
-        let upsert_offsets = client.prepare(UPSERT_OFFSETS).await?;
+        let upsert_offsets = client.prepare(offsets::UPSERT).await?;
         Ok(Session {
             client,
             insert_messages,
@@ -225,7 +184,7 @@ impl Writer {
                             chain(&e)
                         ));
                     }
-                    let pause = backoff.next();
+                    let pause = backoff.next_pause();
                     tracing::warn!(error = %chain(&e), retry_in = ?pause, "schema migration failed");
                     tokio::time::sleep(pause).await;
                 }
@@ -250,7 +209,7 @@ impl Writer {
                     }
                     Err(e) => {
                         self.metrics.inc(&self.metrics.pg_errors);
-                        let pause = backoff.next();
+                        let pause = backoff.next_pause();
                         tracing::warn!(error = %chain(&e), retry_in = ?pause, attempts, "PostgreSQL connect failed; batch waits");
                         tokio::time::sleep(pause).await;
                         continue;
@@ -283,7 +242,7 @@ impl Writer {
             // a new connection starts clean.
             self.session = None;
             self.metrics.inc(&self.metrics.pg_errors);
-            let pause = backoff.next();
+            let pause = backoff.next_pause();
             tracing::warn!(%error, retry_in = ?pause, attempts, records = batch.records, "batch write failed; retrying");
             tokio::time::sleep(pause).await;
         }
@@ -366,85 +325,4 @@ async fn write_once(
     }
     tx.commit().await?;
     Ok(written)
-}
-
-/// A partition's stored position: the next offset to read and the fingerprint of the record
-/// before it (`None` for rows stored before fingerprints existed).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Stored {
-    pub next: i64,
-    pub last_hash: Option<i64>,
-}
-
-/// Reads the stored next offsets of `partitions` of `topic` (absent: nothing stored yet).
-pub async fn stored_offsets(
-    client: &Client,
-    topic: &str,
-    partitions: &[i32],
-) -> Result<Vec<(i32, Stored)>, tokio_postgres::Error> {
-    Ok(client
-        .query(
-            "SELECT partition, next_offset, last_hash FROM persister_offsets \
-             WHERE topic = $1 AND partition = ANY($2)",
-            &[&topic, &partitions],
-        )
-        .await?
-        .iter()
-        .map(|r| {
-            let stored = Stored {
-                next: r.get(1),
-                last_hash: r.get(2),
-            };
-            (r.get(0), stored)
-        })
-        .collect())
-}
-
-/// An error with its causes (tokio-postgres keeps "Connection refused" and the like in the
-/// source chain, not in its message).
-pub fn chain(e: &dyn StdError) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let more = s.to_string();
-        if !text.contains(&more) {
-            text.push_str(": ");
-            text.push_str(&more);
-        }
-        source = s.source();
-    }
-    text
-}
-
-/// Doubling pauses from 100 ms up to a cap.
-pub struct Backoff {
-    next: Duration,
-    max: Duration,
-}
-
-impl Backoff {
-    pub fn new(max: Duration) -> Backoff {
-        Backoff {
-            next: Duration::from_millis(100).min(max),
-            max,
-        }
-    }
-
-    pub fn next(&mut self) -> Duration {
-        let now = self.next;
-        self.next = (self.next * 2).min(self.max);
-        now
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_to_the_cap() {
-        let mut b = Backoff::new(Duration::from_millis(500));
-        let got: Vec<u128> = (0..5).map(|_| b.next().as_millis()).collect();
-        assert_eq!(got, [100, 200, 400, 500, 500]);
-    }
 }

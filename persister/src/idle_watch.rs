@@ -18,7 +18,8 @@
 //! unstuck after two to three windows.
 
 use crate::metrics::Metrics;
-use crate::position::{Kafka, Partitions};
+use crate::partitions::Partitions;
+use crate::position::Kafka;
 use rdkafka::consumer::Consumer;
 use std::time::{Duration, Instant};
 
@@ -114,7 +115,7 @@ fn observe(consumer: &Kafka, topic: &str) -> Option<Vec<(i32, i64, i64)>> {
     if ids.is_empty() {
         return None;
     }
-    let stored = consumer.context().load_offsets(&ids)?;
+    let stored = consumer.context().offsets().load(&ids)?;
     let mut out = Vec::with_capacity(ids.len());
     for p in ids {
         let (low, high) = consumer.fetch_watermarks(topic, p, KAFKA_TIMEOUT).ok()?;

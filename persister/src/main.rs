@@ -1,43 +1,35 @@
-//! `chat-persister`: Kafka topic in, PostgreSQL `messages` out, exactly once in effect.
+//! `chat-persister`: Kafka topic in, PostgreSQL `messages` out, exactly once in effect. This
+//! file is only the binary: logging, flags, the runtime and the exit status around
+//! [`chat_persister::run`] (`lib.rs`: the wiring); the modules named below are the library's.
 //!
 //! The path of a record, file by file: [`consumer`] polls it (on its own thread, positioned by
-//! the offsets stored in PostgreSQL, checked against each partition's watermarks by
-//! [`start_offset`]), [`batch`] parses and checks it and gathers it into a
-//! sorted batch (poison records become [`dead_letter`]s), [`copy`] writes the batch in one
-//! transaction (binary COPY into staging, insert what is new, dead letters, offsets), and
-//! [`metrics`] counts it. [`schema`] creates the tables at start.
+//! [`position`]'s rebalance callback at the offsets stored in PostgreSQL, [`pg::offsets`],
+//! checked against each partition's watermarks by [`start_offset`]), [`batch`] parses and
+//! checks it and gathers it into a sorted batch (poison records become [`dead_letter`]s),
+//! [`copy`] writes the batch in one transaction (binary COPY into staging, insert what is new,
+//! dead letters, offsets), and [`metrics`] counts it ([`status`] serves the counts on
+//! `/metrics`). [`schema`] creates the tables at start.
 //!
 //! Shutdown: SIGTERM or SIGINT stops polling; the batch in flight and the records already
 //! gathered are written and committed, then the process leaves the consumer group and exits 0.
 //! A second signal exits at once with status 1 (nothing committed is lost; what was not
 //! committed is read again by the next start). With `--offset-out-of-range stop`, a stored
 //! offset outside its partition's log ends the process with status 3.
+//!
+//! [`consumer`]: chat_persister::consumer
+//! [`position`]: chat_persister::position
+//! [`pg::offsets`]: chat_persister::pg::offsets
+//! [`start_offset`]: chat_persister::start_offset
+//! [`batch`]: chat_persister::batch
+//! [`dead_letter`]: chat_persister::dead_letter
+//! [`copy`]: chat_persister::copy
+//! [`metrics`]: chat_persister::metrics
+//! [`status`]: chat_persister::status
+//! [`schema`]: chat_persister::schema
 
-mod batch;
-mod config;
-mod consumer;
-mod copy;
-mod dead_letter;
-mod idle_watch;
-mod metrics;
-mod position;
-mod schema;
-mod start_offset;
-
-use batch::Gather;
+use chat_persister::config::Config;
 use clap::Parser;
-use idle_watch::IdleWatch;
-use metrics::Metrics;
-use position::Partitions;
-use rdkafka::consumer::Consumer;
-use std::io::Write;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, SystemTime};
-use tokio::signal::unix::{signal, SignalKind};
-
-/// How long leaving the consumer group may take at exit.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
+use std::time::Duration;
 
 fn main() {
     tracing_subscriber::fmt()
@@ -47,7 +39,7 @@ fn main() {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let config = config::Config::parse();
+    let config = Config::parse();
     if let Err(e) = config.validate() {
         eprintln!("error: {e}");
         std::process::exit(2);
@@ -57,178 +49,9 @@ fn main() {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    let code = runtime.block_on(run(config));
+    let code = runtime.block_on(chat_persister::run(config));
     // Whatever still runs (a blocked watermark fetch, a connection task) holds nothing that
     // matters any more: every batch taken from Kafka is committed.
     runtime.shutdown_timeout(Duration::from_millis(100));
     std::process::exit(code);
-}
-
-async fn run(config: config::Config) -> i32 {
-    let metrics = Arc::new(Metrics::default());
-    let partitions = Arc::new(Partitions::new(&config.topic));
-
-    let listener = match tokio::net::TcpListener::bind(config.metrics_listen).await {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("error: --metrics-listen {}: {e}", config.metrics_listen);
-            return 1;
-        }
-    };
-    let addr = listener
-        .local_addr()
-        .expect("bound listener has an address");
-    println!("metrics on http://{addr}");
-    let _ = std::io::stdout().flush();
-    tokio::spawn(metrics::serve(
-        listener,
-        metrics.clone(),
-        partitions.clone(),
-    ));
-
-    let stop = Arc::new(AtomicBool::new(false));
-    tokio::spawn(signals(stop.clone()));
-
-    let pg = copy::pg_config(&config.postgres).expect("validated");
-    let mut writer = copy::Writer::new(
-        pg.clone(),
-        config.topic.clone(),
-        config.retry_max(),
-        config.write_timeout(),
-        config.copy_mode,
-        metrics.clone(),
-    );
-    match writer.migrate(|| stop.load(Ordering::Relaxed)).await {
-        Ok(applied) if applied.is_empty() => tracing::info!("schema is up to date"),
-        Ok(applied) => tracing::info!(?applied, "schema migrations applied"),
-        Err(e) if stop.load(Ordering::Relaxed) => {
-            tracing::info!("{e}");
-            return 0;
-        }
-        Err(e) => {
-            tracing::error!("{e}");
-            return 1;
-        }
-    }
-
-    let context = position::Context::new(
-        &config,
-        pg,
-        tokio::runtime::Handle::current(),
-        partitions.clone(),
-        stop.clone(),
-        metrics.clone(),
-    );
-    let kafka = match consumer::create(&config, context) {
-        Ok(c) => Arc::new(c),
-        Err(e) => {
-            tracing::error!("Kafka consumer: {e}");
-            return 1;
-        }
-    };
-    if let Err(e) = kafka.subscribe(&[&config.topic]) {
-        tracing::error!("subscribe to {}: {e}", config.topic);
-        return 1;
-    }
-    tracing::info!(topic = %config.topic, group = %config.group, brokers = %config.kafka, "consuming");
-
-    // One slot: the writer takes a batch when it starts writing it, so one more can wait
-    // while a third fills up.
-    let (tx, mut rx) = tokio::sync::mpsc::channel(1);
-    let poller = {
-        let (kafka, stop, metrics) = (kafka.clone(), stop.clone(), metrics.clone());
-        let partitions = partitions.clone();
-        let gather = Gather::new(config.batch_max, config.batch_wait());
-        let idle = IdleWatch::new(Duration::from_millis(config.session_timeout_ms.max(1)));
-        std::thread::Builder::new()
-            .name("kafka-poll".into())
-            .spawn(move || consumer::run(kafka, partitions, gather, tx, stop, metrics, idle))
-            .expect("spawn the polling thread")
-    };
-    let watermarks = tokio::spawn(consumer::refresh_watermarks(
-        kafka.clone(),
-        partitions.clone(),
-        stop.clone(),
-        Duration::from_millis(config.lag_interval_ms.max(1)),
-    ));
-    let progress = (config.log_interval > 0).then(|| {
-        tokio::spawn(
-            metrics
-                .clone()
-                .log_progress(partitions.clone(), Duration::from_secs(config.log_interval)),
-        )
-    });
-
-    while let Some(batch) = rx.recv().await {
-        let written = writer.write(&batch).await;
-        metrics.inc(&metrics.batches);
-        metrics.add(&metrics.rows_written, written.inserted);
-        metrics.add(
-            &metrics.rows_duplicate,
-            written.conflicts + batch.duplicates as u64,
-        );
-        metrics.add(&metrics.dead_letters, written.dead_letters);
-        if written.fell_back {
-            metrics.inc(&metrics.copy_fallbacks);
-        }
-        metrics.batch_records.observe_units(batch.records as u64);
-        if !batch.rows.is_empty() {
-            metrics.copy_seconds.observe(written.copy);
-        }
-        metrics.transaction_seconds.observe(written.transaction);
-        metrics.observe_lag(&batch.timestamps_ms, SystemTime::now());
-        if written.dead_letters > 0 {
-            tracing::warn!(
-                count = written.dead_letters,
-                "poison records stored in persister_dead_letters"
-            );
-        }
-        partitions.stored(&batch.offsets);
-        consumer::commit_to_kafka(&kafka, &partitions, &batch.offsets);
-    }
-
-    // The channel closed: the poller saw the stop request and handed over its last batch.
-    let _ = tokio::task::spawn_blocking(move || poller.join()).await;
-    if let Some(p) = progress {
-        p.abort();
-    }
-    watermarks.abort();
-    let _ = watermarks.await;
-    tracing::info!(
-        rows = metrics
-            .rows_written
-            .load(std::sync::atomic::Ordering::Relaxed),
-        "every batch committed; leaving the consumer group"
-    );
-    let _ = tokio::task::spawn_blocking(move || consumer::close(kafka, CLOSE_TIMEOUT)).await;
-    if start_offset::REFUSED.load(std::sync::atomic::Ordering::Relaxed) {
-        return start_offset::REFUSED_EXIT;
-    }
-    0
-}
-
-/// First SIGTERM/SIGINT: stop after the batch in flight. Second: exit now.
-async fn signals(stop: Arc<AtomicBool>) {
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers");
-        return;
-    };
-    let mut seen = 0;
-    loop {
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
-        seen += 1;
-        if seen == 1 {
-            tracing::info!("stopping: finishing the batch in flight");
-            stop.store(true, Ordering::Relaxed);
-        } else {
-            tracing::warn!("second signal: exiting now; uncommitted records will be read again");
-            std::process::exit(1);
-        }
-    }
 }

@@ -1,19 +1,15 @@
-//! Counters and histograms for `/metrics` (Prometheus text format), the tiny HTTP responder
-//! that serves them, and the periodic one-line progress log.
+//! Counters and histograms for `/metrics` (Prometheus text format): what the consumer, the
+//! writer and the PostgreSQL retry loops write to. It needs nothing else of the crate;
+//! [`crate::status`] serves it, with the partitions' gauges, and logs the progress line.
 //!
 //! A persister is watched for three things: is it keeping up (consumer lag per partition, rows
 //! per second), is it healthy (PostgreSQL errors, COPY latency), is data being refused (dead
 //! letters). Updates happen once per record or batch, on relaxed atomics; a scrape reads them.
 
-use crate::position::Partitions;
 use chat_histogram::{render as render_histogram, Histogram};
-use chat_process_metrics::ProcessStats;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 
 const BATCH_SIZE_BOUNDS: &[f64] = &[
     1.0, 10.0, 100.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 25000.0, 50000.0, 100000.0,
@@ -108,9 +104,14 @@ impl Metrics {
         }
     }
 
-    /// The whole exposition text.
-    pub fn render(&self, partitions: &Partitions) -> String {
-        let mut out = String::with_capacity(4096);
+    /// Time since the persister started (when these metrics were made).
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// The counters and histograms in the exposition format, appended to `out` (the rest of
+    /// `/metrics` is [`crate::status::render`]'s).
+    pub fn render(&self, out: &mut String) {
         let counter = |out: &mut String, name: &str, help: &str, c: &AtomicU64| {
             let _ = writeln!(
                 out,
@@ -119,61 +120,61 @@ impl Metrics {
             );
         };
         counter(
-            &mut out,
+            out,
             "chat_persister_records_consumed_total",
             "Kafka records taken into batches.",
             &self.records_consumed,
         );
         counter(
-            &mut out,
+            out,
             "chat_persister_rows_written_total",
             "Rows inserted into messages.",
             &self.rows_written,
         );
         counter(
-            &mut out,
+            out,
             "chat_persister_rows_duplicate_total",
             "Redelivered rows skipped because messages already had their (room, seq).",
             &self.rows_duplicate,
         );
         counter(
-            &mut out,
+            out,
             "chat_persister_batches_total",
             "Batches committed.",
             &self.batches,
         );
         counter(
-            &mut out,
+            out,
             "chat_persister_dead_letters_total",
             "Poison records stored in persister_dead_letters.",
             &self.dead_letters,
         );
         counter(
-            &mut out,
+            out,
             "chat_persister_pg_errors_total",
             "Failed PostgreSQL connects and batch attempts (all retried).",
             &self.pg_errors,
         );
         counter(
-            &mut out,
+            out,
             "chat_persister_kafka_errors_total",
             "Errors reported by the Kafka consumer.",
             &self.kafka_errors,
         );
         counter(
-            &mut out,
+            out,
             "chat_persister_rebalances_total",
             "Partition assignments received from the consumer group.",
             &self.rebalances,
         );
         counter(
-            &mut out,
+            out,
             "chat_persister_group_rejoins_total",
             "Rejoins of the consumer group after it left this persister idle while nobody persisted waiting records.",
             &self.group_rejoins,
         );
         counter(
-            &mut out,
+            out,
             "chat_persister_skipped_offsets_total",
             "Offsets never delivered: deleted by retention before they were persisted (data lost upstream), or transaction markers.",
             &self.skipped_offsets,
@@ -194,7 +195,7 @@ impl Metrics {
             self.offsets_unverified.load(Relaxed),
         );
         counter(
-            &mut out,
+            out,
             "chat_persister_copy_fallbacks_total",
             "Direct COPYs into messages that met a duplicate and were redone through the staging table.",
             &self.copy_fallbacks,
@@ -221,148 +222,9 @@ impl Metrics {
                 &self.lag_seconds,
             ),
         ] {
-            render_histogram(&mut out, name, help, [h]);
-        }
-
-        let snapshot = partitions.snapshot();
-        let _ = writeln!(
-            out,
-            "# HELP chat_persister_assigned_partitions Partitions this persister owns.\n\
-             # TYPE chat_persister_assigned_partitions gauge\n\
-             chat_persister_assigned_partitions {}",
-            snapshot.len()
-        );
-        let topic = partitions.topic();
-        for (name, help, pick) in [
-            (
-                "chat_persister_consumer_lag",
-                "Records in Kafka not yet in PostgreSQL: high watermark minus stored offset.",
-                0,
-            ),
-            (
-                "chat_persister_stored_offset",
-                "Next offset to read, as stored in PostgreSQL.",
-                1,
-            ),
-            (
-                "chat_persister_high_watermark",
-                "Partition high watermark at the last fetch.",
-                2,
-            ),
-        ] {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
-            for (partition, p) in &snapshot {
-                let value = match pick {
-                    0 => p.lag(),
-                    1 => p.stored,
-                    _ => p.high,
-                };
-                if let Some(v) = value {
-                    let _ = writeln!(
-                        out,
-                        "{name}{{topic=\"{topic}\",partition=\"{partition}\"}} {v}"
-                    );
-                }
-            }
-        }
-
-        ProcessStats::read().render(&mut out);
-        out
-    }
-
-    /// Logs one line every `every`: rows/s, batches, lag, dead letters. Runs forever.
-    pub async fn log_progress(self: Arc<Self>, partitions: Arc<Partitions>, every: Duration) {
-        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-        let mut last = (Instant::now(), 0u64, 0u64);
-        loop {
-            tick.tick().await;
-            let now = Instant::now();
-            let rows = self.rows_written.load(Relaxed);
-            let batches = self.batches.load(Relaxed);
-            let secs = now.duration_since(last.0).as_secs_f64().max(1e-9);
-            let lag: i64 = partitions
-                .snapshot()
-                .iter()
-                .filter_map(|(_, p)| p.lag())
-                .sum();
-            tracing::info!(
-                "{:.0} rows/s, {} batches, lag {}, {} dead letters ({} rows in {:.0} s)",
-                (rows - last.1) as f64 / secs,
-                batches - last.2,
-                lag,
-                self.dead_letters.load(Relaxed),
-                rows,
-                self.started.elapsed().as_secs_f64()
-            );
-            last = (now, rows, batches);
+            render_histogram(out, name, help, [h]);
         }
     }
-}
-
-/// Serves `GET /metrics` and `GET /healthz` on `listener`, one short connection per request.
-pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, partitions: Arc<Partitions>) {
-    loop {
-        let (socket, _) = match listener.accept().await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "metrics listener accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let metrics = metrics.clone();
-        let partitions = partitions.clone();
-        tokio::spawn(async move {
-            let _ = tokio::time::timeout(
-                Duration::from_secs(10),
-                respond(socket, &metrics, &partitions),
-            )
-            .await;
-        });
-    }
-}
-
-async fn respond(
-    mut socket: TcpStream,
-    metrics: &Metrics,
-    partitions: &Partitions,
-) -> std::io::Result<()> {
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
-    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = socket.read(&mut chunk).await?;
-        if n == 0 || buf.len() > 16 * 1024 {
-            return Ok(());
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    let line = buf.split(|&b| b == b'\r').next().unwrap_or_default();
-    let mut parts = line.split(|&b| b == b' ');
-    let method = parts.next().unwrap_or_default();
-    let path = parts.next().unwrap_or_default();
-    let path = path.split(|&b| b == b'?').next().unwrap_or_default();
-    let (status, content_type, body) = match (method, path) {
-        (b"GET", b"/metrics") => (
-            "200 OK",
-            "text/plain; version=0.0.4; charset=utf-8",
-            metrics.render(partitions),
-        ),
-        (b"GET", b"/healthz") => ("200 OK", "text/plain", "ok\n".to_string()),
-        (b"GET", _) => ("404 Not Found", "text/plain", "not found\n".to_string()),
-        _ => (
-            "405 Method Not Allowed",
-            "text/plain",
-            "GET only\n".to_string(),
-        ),
-    };
-    let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
-         Connection: close\r\n\r\n",
-        body.len()
-    );
-    socket.write_all(head.as_bytes()).await?;
-    socket.write_all(body.as_bytes()).await?;
-    socket.shutdown().await
 }
 
 #[cfg(test)]

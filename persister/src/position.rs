@@ -1,21 +1,23 @@
 //! Where each owned partition is read from: the rebalance callback that positions new
-//! partitions from PostgreSQL (checked by [`crate::start_offset`]), and the check of every
+//! partitions from the offsets stored in PostgreSQL ([`crate::pg::offsets`], checked by
+//! [`crate::start_offset`]) and records them in [`crate::partitions`], and the check of every
 //! partition's log after an outage of all brokers.
 //!
 //! See [`crate::consumer`] for why the position comes from PostgreSQL and not from Kafka.
 
-use crate::config::Config;
-use crate::copy::{self, Backoff, Stored};
+use crate::config::{Config, OutOfRangePolicy};
 use crate::metrics::Metrics;
-use crate::start_offset::{self, Continuity, OutOfRangePolicy, Placement};
+use crate::partitions::Partitions;
+use crate::pg::offsets::{OffsetStore, Stored};
+use crate::start_offset::{self, Continuity, Placement};
 use rdkafka::consumer::BaseConsumer;
 use rdkafka::consumer::{Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::types::{RDKafkaErrorCode, RDKafkaRespErr};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
-use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 pub type Kafka = BaseConsumer<Context>;
@@ -23,152 +25,14 @@ pub type Kafka = BaseConsumer<Context>;
 /// Longest wait for one partition's watermarks.
 pub const WATERMARK_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// What this persister knows about each partition it owns (for the lag gauges and for
-/// committing to Kafka only what it owns).
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct PartitionState {
-    /// Next offset to read as stored in PostgreSQL (`None`: nothing stored yet).
-    pub stored: Option<i64>,
-    /// Watermarks at the last fetch.
-    pub low: Option<i64>,
-    pub high: Option<i64>,
-    /// Where reading started (`None`: the beginning), and the record it must start with
-    /// ([`crate::start_offset::Placement::check`]).
-    pub start: Option<i64>,
-    pub check: Option<(i64, i64)>,
-}
-
-impl PartitionState {
-    /// High watermark minus the stored offset (or the low watermark when nothing is stored).
-    pub fn lag(&self) -> Option<i64> {
-        let from = self.stored.or(self.low)?;
-        Some((self.high? - from).max(0))
-    }
-}
-
-/// The partitions this persister owns now.
-pub struct Partitions {
-    topic: String,
-    owned: Mutex<BTreeMap<i32, PartitionState>>,
-    /// Bumped by every assignment change (the polling thread resets its offset checks).
-    generation: AtomicU64,
-    /// Watermark refreshes in a row that saw a stored offset past its partition's end (the log
-    /// was replaced under a running persister); at 2 the polling thread rejoins the group.
-    beyond_end: AtomicU64,
-}
-
-impl Partitions {
-    pub fn new(topic: &str) -> Partitions {
-        Partitions {
-            topic: topic.to_string(),
-            owned: Mutex::new(BTreeMap::new()),
-            generation: AtomicU64::new(0),
-            beyond_end: AtomicU64::new(0),
-        }
-    }
-
-    pub(crate) fn generation(&self) -> u64 {
-        self.generation.load(Ordering::Acquire)
-    }
-
-    pub fn topic(&self) -> &str {
-        &self.topic
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<i32, PartitionState>> {
-        self.owned.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    pub fn snapshot(&self) -> Vec<(i32, PartitionState)> {
-        self.lock().iter().map(|(p, s)| (*p, *s)).collect()
-    }
-
-    pub(crate) fn add(
-        &self,
-        partition: i32,
-        stored: Option<i64>,
-        start: Option<i64>,
-        check: Option<(i64, i64)>,
-    ) {
-        self.lock().insert(
-            partition,
-            PartitionState {
-                stored,
-                start,
-                check,
-                ..Default::default()
-            },
-        );
-        self.generation.fetch_add(1, Ordering::AcqRel);
-    }
-
-    pub(crate) fn remove(&self, partition: i32) {
-        self.lock().remove(&partition);
-        self.generation.fetch_add(1, Ordering::AcqRel);
-    }
-
-    pub(crate) fn clear(&self) {
-        self.lock().clear();
-        self.generation.fetch_add(1, Ordering::AcqRel);
-    }
-
-    /// Records offsets just committed to PostgreSQL (owned partitions only, forward only).
-    pub fn stored(&self, offsets: &BTreeMap<i32, i64>) {
-        let mut owned = self.lock();
-        for (p, next) in offsets {
-            if let Some(s) = owned.get_mut(p) {
-                s.stored = Some(s.stored.map_or(*next, |o| o.max(*next)));
-            }
-        }
-    }
-
-    /// Records a partition's watermarks; returns its stored offset (to compare with them).
-    pub(crate) fn set_watermarks(&self, partition: i32, low: i64, high: i64) -> Option<i64> {
-        let mut owned = self.lock();
-        let s = owned.get_mut(&partition)?;
-        s.low = Some(low);
-        s.high = Some(high);
-        s.stored
-    }
-
-    /// A watermark refresh's verdict: did any owned partition's stored offset lie past its
-    /// high watermark?
-    pub(crate) fn saw_beyond_end(&self, beyond: bool) {
-        if beyond {
-            self.beyond_end.fetch_add(1, Ordering::AcqRel);
-        } else {
-            self.beyond_end.store(0, Ordering::Release);
-        }
-    }
-
-    /// True once two refreshes in a row saw a stored offset past the end (then resets).
-    pub(crate) fn take_beyond_end(&self) -> bool {
-        self.beyond_end.load(Ordering::Acquire) >= 2 && {
-            self.beyond_end.store(0, Ordering::Release);
-            true
-        }
-    }
-
-    /// Owns no partition (a lock, no copy: the polling thread asks on every turn).
-    pub fn is_empty(&self) -> bool {
-        self.lock().is_empty()
-    }
-
-    pub fn owns(&self, partition: i32) -> bool {
-        self.lock().contains_key(&partition)
-    }
-}
-
 /// The consumer's context: the rebalance callback that positions new partitions from
 /// PostgreSQL.
 pub struct Context {
     topic: String,
-    pg: tokio_postgres::Config,
-    runtime: tokio::runtime::Handle,
+    offsets: OffsetStore,
     partitions: Arc<Partitions>,
     stop: Arc<AtomicBool>,
     metrics: Arc<Metrics>,
-    retry_max: Duration,
     out_of_range: OutOfRangePolicy,
 }
 
@@ -181,41 +45,27 @@ impl Context {
         stop: Arc<AtomicBool>,
         metrics: Arc<Metrics>,
     ) -> Context {
-        Context {
-            topic: config.topic.clone(),
+        let offsets = OffsetStore::new(
+            config.topic.clone(),
             pg,
             runtime,
+            stop.clone(),
+            metrics.clone(),
+            config.retry_max(),
+        );
+        Context {
+            topic: config.topic.clone(),
+            offsets,
             partitions,
             stop,
             metrics,
-            retry_max: config.retry_max(),
             out_of_range: config.offset_out_of_range,
         }
     }
 
-    /// The stored next offsets of `partitions`, retried until PostgreSQL answers. `None` when
-    /// the persister is stopping meanwhile. Blocks the polling thread, on purpose: reading may
-    /// not start before the position is known.
-    pub(crate) fn load_offsets(&self, partitions: &[i32]) -> Option<HashMap<i32, Stored>> {
-        let mut backoff = Backoff::new(self.retry_max);
-        loop {
-            let result = self.runtime.block_on(async {
-                let client = copy::connect(&self.pg).await?;
-                copy::stored_offsets(&client, &self.topic, partitions).await
-            });
-            match result {
-                Ok(rows) => return Some(rows.into_iter().collect()),
-                Err(e) => {
-                    self.metrics.inc(&self.metrics.pg_errors);
-                    if self.stop.load(Ordering::Relaxed) {
-                        return None;
-                    }
-                    let pause = backoff.next();
-                    tracing::warn!(error = %copy::chain(&e), retry_in = ?pause, "reading stored offsets for a new assignment failed");
-                    std::thread::sleep(pause);
-                }
-            }
-        }
+    /// The stored offsets, read and lowered from the polling thread (blocking, retried).
+    pub fn offsets(&self) -> &OffsetStore {
+        &self.offsets
     }
 
     fn assign(&self, consumer: &Kafka, tpl: &mut TopicPartitionList) {
@@ -224,7 +74,7 @@ impl Context {
             .iter()
             .map(|e| e.partition())
             .collect();
-        let Some(stored) = self.load_offsets(&ours) else {
+        let Some(stored) = self.offsets.load(&ours) else {
             tracing::warn!("stopping: assignment not taken");
             return;
         };
@@ -297,7 +147,7 @@ impl Context {
         if self.out_of_range == OutOfRangePolicy::Stop {
             return self.refuse();
         }
-        if case == "ahead" && !self.rebase(p, low) {
+        if case == "ahead" && !self.offsets.rebase(p, low) {
             return None;
         }
         tracing::warn!(
@@ -306,27 +156,6 @@ impl Context {
             "reading the partition again from its low watermark"
         );
         Some(placement)
-    }
-
-    /// [`start_offset::rebase`], retried until PostgreSQL answers; false when stopping.
-    pub(crate) fn rebase(&self, partition: i32, to: i64) -> bool {
-        let mut backoff = Backoff::new(self.retry_max);
-        loop {
-            let result = self.runtime.block_on(async {
-                let client = copy::connect(&self.pg).await?;
-                start_offset::rebase(&client, &self.topic, partition, to).await
-            });
-            match result {
-                Ok(_) => return true,
-                Err(_) if self.stop.load(Ordering::Relaxed) => return false,
-                Err(e) => {
-                    self.metrics.inc(&self.metrics.pg_errors);
-                    let pause = backoff.next();
-                    tracing::warn!(error = %copy::chain(&e), retry_in = ?pause, "lowering a stored offset failed");
-                    std::thread::sleep(pause);
-                }
-            }
-        }
     }
 
     /// `--offset-out-of-range stop`: no assignment, and the process stops with status 3.
@@ -481,7 +310,7 @@ pub(crate) fn read_again(
     }
     let low = low_of(consumer, partitions, partition);
     if why == Reread::Replaced {
-        consumer.context().rebase(partition, low);
+        consumer.context().offsets().rebase(partition, low);
     }
     read_from(consumer, partitions, partition, low);
 }
@@ -501,43 +330,5 @@ fn read_from(consumer: &Kafka, partitions: &Partitions, partition: i32, low: i64
         WATERMARK_TIMEOUT,
     ) {
         tracing::error!(partition, error = %e, "cannot move to the beginning of the partition");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn lag_uses_stored_offset_then_low_watermark() {
-        let mut s = PartitionState::default();
-        assert_eq!(s.lag(), None);
-        s.high = Some(100);
-        s.low = Some(10);
-        assert_eq!(s.lag(), Some(90));
-        s.stored = Some(95);
-        assert_eq!(s.lag(), Some(5));
-        s.stored = Some(120);
-        assert_eq!(s.lag(), Some(0));
-    }
-
-    #[test]
-    fn stored_offsets_move_forward_for_owned_partitions() {
-        let p = Partitions::new("t");
-        p.add(0, Some(10), Some(10), None);
-        p.stored(&BTreeMap::from([(0, 20), (1, 5)]));
-        p.stored(&BTreeMap::from([(0, 15)]));
-        assert_eq!(
-            p.snapshot(),
-            vec![(
-                0,
-                PartitionState {
-                    stored: Some(20),
-                    start: Some(10),
-                    ..Default::default()
-                }
-            )]
-        );
-        assert!(!p.owns(1));
     }
 }

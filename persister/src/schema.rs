@@ -1,5 +1,7 @@
 //! The persister's schema, applied at start: numbered migrations recorded in
-//! `persister_schema_migrations`, each applied once, all in one transaction.
+//! `persister_schema_migrations`, each applied once, all in one transaction. It is the one
+//! DDL of these tables: other crates that need them (the server's store tests, the benches)
+//! call [`migrate`] on a client of their own rather than write a `CREATE TABLE messages`.
 //!
 //! Two persisters may start at the same moment (a deploy, a restart of a group). Each takes a
 //! transaction-level advisory lock first, so one applies the migrations and the other, once the
@@ -94,7 +96,7 @@ pub enum SchemaError {
 impl std::fmt::Display for SchemaError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            SchemaError::Db(e) => write!(f, "PostgreSQL: {}", crate::copy::chain(e)),
+            SchemaError::Db(e) => write!(f, "PostgreSQL: {}", crate::pg::chain(e)),
             SchemaError::Mismatch(m) => write!(f, "schema mismatch: {m}"),
         }
     }

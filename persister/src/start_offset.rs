@@ -18,13 +18,13 @@
 //! the broker may be a new one. Every case logs an error naming the partition, the offsets and
 //! the watermarks, and counts in `chat_persister_offsets_out_of_range_total{case}`.
 //!
-//! What happens then is `--offset-out-of-range`:
+//! What happens then is `--offset-out-of-range` ([`crate::config::OutOfRangePolicy`]):
 //! - `reread` (default): read the partition again from its low watermark, never skipping a
 //!   record that exists. Re-reading is harmless: rows are unique by `(room, seq)` (`ON
-//!   CONFLICT DO NOTHING`). The stored offset is lowered to the low watermark ([`rebase`]):
-//!   offsets otherwise only move forward, and a restart would meet the old one again. (A batch
-//!   of the old log still committing afterwards raises it again; the next start then meets the
-//!   same check and re-reads: wasteful, never lossy.)
+//!   CONFLICT DO NOTHING`). The stored offset is lowered to the low watermark
+//!   ([`crate::pg::offsets::rebase`]): offsets otherwise only move forward, and a restart would
+//!   meet the old one again. (A batch of the old log still committing afterwards raises it
+//!   again; the next start then meets the same check and re-reads: wasteful, never lossy.)
 //! - `stop`: take no assignment and exit with status 3, for operators who want a human to look.
 //!
 //! Residual: a topic recreated through the admin API while every broker stays up, and grown
@@ -32,7 +32,6 @@
 //! is seen); the next start notices it. Kafka topic ids would close this; rdkafka does not
 //! expose them yet.
 
-use clap::ValueEnum;
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
 
@@ -41,32 +40,6 @@ pub static REFUSED: AtomicBool = AtomicBool::new(false);
 
 /// The exit status after a refused assignment.
 pub const REFUSED_EXIT: i32 = 3;
-
-/// `--offset-out-of-range`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum OutOfRangePolicy {
-    /// Read again from the low watermark (records that exist are never skipped).
-    Reread,
-    /// Refuse the assignment and exit (status 3).
-    Stop,
-}
-
-/// Moves a partition's stored offset back to `to` (a new log starts there), forgetting its
-/// fingerprint.
-pub async fn rebase(
-    client: &tokio_postgres::Client,
-    topic: &str,
-    partition: i32,
-    to: i64,
-) -> Result<u64, tokio_postgres::Error> {
-    client
-        .execute(
-            "UPDATE persister_offsets SET next_offset = $3, last_hash = NULL, updated_at = now() \
-             WHERE topic = $1 AND partition = $2",
-            &[&topic, &partition, &to],
-        )
-        .await
-}
 
 /// FNV-1a (64 bit) of a record's value: stable across runs and builds, one pass, no allocation.
 pub fn fingerprint(value: Option<&[u8]>) -> i64 {
