@@ -5,10 +5,12 @@
 //! transaction, commit included.
 //!
 //! The table is the persister's `messages` (PROTOCOL.md's columns plus `cid` and
-//! `persisted_at`, primary key `(room, seq)`) in a bench-owned schema `chat_bench`, created at
-//! the start and dropped at the end; it is truncated (outside the timing) before every batch.
+//! `persisted_at`, primary key `(room, seq)`) in a bench-owned schema `chat_bench`, made at
+//! the start by the persister's own migrations (`chat_persister::schema::migrate`) and dropped
+//! at the end; it is truncated (outside the timing) before every batch.
 //! `CHAT_BENCH_POSTGRES` overrides the address (default `postgres://postgres@127.0.0.1:5432/test`).
 
+use chat_persister::schema::SchemaError;
 use criterion::{
     criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput,
 };
@@ -95,27 +97,24 @@ async fn setup(url: &str) -> Result<Db, tokio_postgres::Error> {
     let mut config: tokio_postgres::Config = url.parse()?;
     config.connect_timeout(Duration::from_secs(3));
     config.application_name("chat-bench");
-    let (client, connection) = config.connect(NoTls).await?;
+    let (mut client, connection) = config.connect(NoTls).await?;
     tokio::spawn(async move {
         let _ = connection.await;
     });
+    // The persister's own migrations, made in the bench's schema through the search path.
     client
         .batch_execute(&format!(
             "DROP SCHEMA IF EXISTS {SCHEMA} CASCADE;
              CREATE SCHEMA {SCHEMA};
-             CREATE TABLE {SCHEMA}.messages (
-               room    text        NOT NULL,
-               seq     bigint      NOT NULL,
-               id      text        NOT NULL,
-               sender  text        NOT NULL,
-               body    text        NOT NULL,
-               sent_at timestamptz NOT NULL,
-               cid     text,
-               persisted_at timestamptz NOT NULL DEFAULT now(),
-               PRIMARY KEY (room, seq)
-             );"
+             SET search_path TO {SCHEMA};"
         ))
         .await?;
+    match chat_persister::schema::migrate(&mut client).await {
+        Ok(_) => {}
+        Err(SchemaError::Db(e)) => return Err(e),
+        Err(SchemaError::Mismatch(m)) => panic!("{SCHEMA}.messages: {m}"),
+    }
+    client.batch_execute("RESET search_path").await?;
     let values: Vec<String> = (0..INSERT_CHUNK)
         .map(|r| {
             let p: Vec<String> = (1..=7).map(|c| format!("${}", r * 7 + c)).collect();

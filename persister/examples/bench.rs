@@ -11,8 +11,9 @@
 //!    room, interleaved) to `--topic` (which must exist, ideally with 8 partitions);
 //! 2. starts the persister on a fresh database and times it until every row is in
 //!    `messages` (from the process start, and from its first committed row);
-//! 3. loads the same rows with `psql \copy` from a CSV into a fresh `messages` table, in the
-//!    stream's order and sorted by (room, seq);
+//! 3. loads the same rows with `psql \copy` from a CSV into a fresh `messages` table (made by
+//!    the persister's own migrations, `chat_persister::schema::migrate`), in the stream's
+//!    order and sorted by (room, seq);
 //! 4. loads them with seed-style multi-row `INSERT ... VALUES (...),(...)` statements of 1000
 //!    rows each (`psql -f`), one transaction per statement.
 //!
@@ -25,19 +26,6 @@ use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-/// The `messages` table exactly as the persister's migration creates it.
-const MESSAGES_DDL: &str = "CREATE TABLE messages (
-  room    text        NOT NULL,
-  seq     bigint      NOT NULL,
-  id      text        NOT NULL,
-  sender  text        NOT NULL,
-  body    text        NOT NULL,
-  sent_at timestamptz NOT NULL,
-  PRIMARY KEY (room, seq)
-);
-ALTER TABLE messages ADD COLUMN cid text;
-ALTER TABLE messages ADD COLUMN persisted_at timestamptz NOT NULL DEFAULT now();";
 
 const WORDS: &[&str] = &[
     "hello", "world", "chat", "message", "latency", "kafka", "postgres", "copy", "batch", "room",
@@ -372,10 +360,28 @@ fn write_inserts(a: &Args, path: &Path) {
     w.flush().unwrap();
 }
 
+/// The persister's tables in the database at `url`, made by its own migrations: the raw loads
+/// go into exactly the `messages` table the persister writes.
+fn create_tables(url: &str) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    runtime.block_on(async {
+        let (mut client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+            .await
+            .expect("connect to PostgreSQL");
+        tokio::spawn(connection);
+        chat_persister::schema::migrate(&mut client)
+            .await
+            .expect("the persister's migrations");
+    });
+}
+
 /// Runs `load` on a fresh `messages` table in database `name`; seconds it took.
 fn timed_load(a: &Args, name: &str, load: &[&str]) -> f64 {
     let url = create_db(&a.postgres, name);
-    psql(&url, &["-c", MESSAGES_DDL]);
+    create_tables(&url);
     psql(&url, &["-c", "CHECKPOINT"]);
     let started = Instant::now();
     psql(&url, load);

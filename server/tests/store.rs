@@ -16,7 +16,8 @@ use tokio_postgres::NoTls;
 
 const ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 
-/// A fresh database with the persister's `messages` table; dropped on `drop`.
+/// A fresh database with the persister's tables, made by its own migrations; dropped on
+/// `drop`.
 struct TestDb {
     db: ScratchDb,
 }
@@ -27,14 +28,7 @@ impl TestDb {
         let db = TestDb {
             db: ScratchDb::create(ADMIN_URL, &name),
         };
-        db.client()
-            .await
-            .batch_execute(
-                "CREATE TABLE messages (
-                   room text NOT NULL, seq bigint NOT NULL, id text NOT NULL, sender text NOT NULL,
-                   body text NOT NULL, sent_at timestamptz NOT NULL, cid text,
-                   PRIMARY KEY (room, seq))",
-            )
+        chat_persister::schema::migrate(&mut db.client().await)
             .await
             .unwrap();
         db

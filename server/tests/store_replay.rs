@@ -14,10 +14,10 @@ use tokio_postgres::NoTls;
 const BACKLOG: usize = 6_000;
 const BODY: usize = 4_000;
 
-/// A scratch database holding the `messages` table, a private Redis, and a node on both that
-/// keeps 5 messages per room in the cache; each of `rooms` got `per_room` messages of `body`
-/// bytes (room `far` alone: [`BACKLOG`] of [`BODY`]), all of them stored in PostgreSQL as
-/// the persister would.
+/// A scratch database holding the persister's tables (made by its own migrations), a private
+/// Redis, and a node on both that keeps 5 messages per room in the cache; each of `rooms` got
+/// `per_room` messages of `body` bytes (room `far` alone: [`BACKLOG`] of [`BODY`]), all of
+/// them stored in PostgreSQL as the persister would.
 struct Stack {
     _db: ScratchDb,
     _redis: RedisServer,
@@ -33,11 +33,9 @@ async fn stack_of(extra: &[&str], rooms: &[String], per_room: usize, body: usize
         "postgres://postgres@127.0.0.1:5432/test",
         &format!("chat_replay_test_{}", fastrand::u64(..)),
     );
-    let (pg, conn) = tokio_postgres::connect(&db.url, NoTls).await.unwrap();
+    let (mut pg, conn) = tokio_postgres::connect(&db.url, NoTls).await.unwrap();
     tokio::spawn(conn);
-    pg.batch_execute("CREATE TABLE messages (room text NOT NULL, seq bigint NOT NULL, id text NOT NULL, sender text NOT NULL, body text NOT NULL, sent_at timestamptz NOT NULL, cid text, PRIMARY KEY (room, seq))")
-        .await
-        .unwrap();
+    chat_persister::schema::migrate(&mut pg).await.unwrap();
     let redis = RedisServer::start();
     let (redis_url, db_url) = (redis.url(), db.url.clone());
     let mut args = vec![
@@ -229,5 +227,8 @@ async fn a_reconnect_storm_gets_every_backlog() {
         reads / slowest.as_secs_f64()
     );
     assert!(reads >= clients as f64, "each backlog came from PostgreSQL");
-    assert_eq!(metric(&s.server, "chat_postgres_replays_refused_total").await, 0.0);
+    assert_eq!(
+        metric(&s.server, "chat_postgres_replays_refused_total").await,
+        0.0
+    );
 }
