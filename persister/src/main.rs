@@ -32,13 +32,7 @@ use clap::Parser;
 use std::time::Duration;
 
 fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    chat_process_metrics::logging::init();
     let config = Config::parse();
     if let Err(e) = config.validate() {
         eprintln!("error: {e}");

@@ -1,6 +1,9 @@
 //! The standard Prometheus `process_*` metrics, read from `/proc/self/stat`: one place for the
 //! `/proc` reading and the exposition text that `chat-server` and `chat-persister` both serve
-//! on `/metrics` (the server also reports its thread count, the persister does not).
+//! on `/metrics` (the server also reports its thread count, the persister does not); and
+//! [`logging`], the log setup both start with.
+
+pub mod logging;
 
 use std::fmt::Write as _;
 

@@ -190,9 +190,7 @@ async fn read_loop(
             match assembler.push(frame) {
                 Ok(Some(Message::Close(status))) => {
                     // Answer what the client asked before it said goodbye, then echo its close.
-                    let _ =
-                        monoio::time::timeout(REPLY_FLUSH_TIMEOUT, replies_done(io))
-                            .await;
+                    let _ = monoio::time::timeout(REPLY_FLUSH_TIMEOUT, replies_done(io)).await;
                     on_message(core, conn, io, Message::Close(status));
                 }
                 Ok(Some(msg)) => on_message(core, conn, io, msg),

@@ -34,13 +34,7 @@ use std::net::SocketAddr;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    chat_process_metrics::logging::init();
     let config = config::Config::parse();
     let threads = match config.validate() {
         Ok(t) => t,
