@@ -15,6 +15,7 @@
 //! | `tests/slow_consumer.rs` | members that stop reading | they are disconnected at their queue bound; the others' p99 stays within 2x |
 //! | `tests/topic_recreated.rs` | the broker restarted empty and the topic created again | the persister neither stalls on nor skips the new log: every message acked before and after is a row |
 //! | `tests/unstorable_input.rs` | every awkward input a client can send | what the server acks is stored unchanged; what PostgreSQL cannot hold is `bad_request`, never an ack then a dead letter |
+//! | `tests/redis_failover.rs` | a Redis Cluster master killed whose replica really missed writes (`--redis-replicas 1`) | nothing shown before a replica had it: no acked message lost, no seq shown twice; every node sees the new slot map |
 //! | `tests/graceful_drain.rs` | SIGTERM of one node | 503 health, no new connections, close 1001, clients move, exit 0, everything acked persisted |
 //!
 //! Every drill prints its checks and one `DRILL <name>: PASSED ... sent=.. acked=..
