@@ -51,19 +51,26 @@ impl Plan {
     }
 }
 
+/// One rate of a sweep, as `sweep.json` records it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Step {
+    /// Messages per second offered.
     pub rate: f64,
+    /// Sent and delivered per second, as measured.
     pub sent_per_s: f64,
     pub delivered_per_s: f64,
+    /// Delivery latency from the intended send time, ms.
     pub p50_ms: f64,
     pub p99_ms: f64,
     pub max_ms: f64,
+    /// Receptions lost, and every verification problem of the run.
     pub lost: u64,
     pub problems: Vec<String>,
+    /// Whether the load generator was the bottleneck, and the cores it used.
     pub loadgen_bound: bool,
     pub loadgen_cores: f64,
     pub server_cpu_us_per_delivered: Option<f64>,
+    /// Zero loss and p99 within the target.
     pub pass: bool,
     /// Delivery p99 of every attempt at this rate, in order (more than one when a step that
     /// failed on its p99 was retried); the other fields are the last attempt's.
