@@ -3,12 +3,16 @@
 //! borrow what they can (`Cow<str>`: borrowed unless the string has escapes), doing the same
 //! checks afterwards (room name, cid and body length, history limit); and encoding a `msg`
 //! with `Msg::encode` against `serde_json::to_writer` of an equivalent struct (bodies with
-//! escapes, about one character in six, and a plain one: accents and emoji, nothing to escape).
+//! escapes, about one character in six, and a plain one: accents and emoji, nothing to escape);
+//! and reading a `msg` back with `MsgView` (one strict pass over `chat_wire::protocol::scan`)
+//! against the `serde_json` derives it stands in for: the cluster bus's routing head (room,
+//! seq, id, ts) and the persister's whole row, plus the load generator's lenient `scan::walk`.
 
 use bytes::BytesMut;
 use chat_bench::{chat_text, size_label};
+use chat_wire::protocol::scan::{self, Val};
 use chat_wire::protocol::{
-    validate_room, validate_user, ClientOp, Decoder, Msg, MAX_BODY, MAX_CID_BYTES,
+    validate_room, validate_user, ClientOp, Decoder, Field, Msg, MsgView, MAX_BODY, MAX_CID_BYTES,
     MAX_HISTORY_LIMIT,
 };
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
@@ -288,5 +292,106 @@ fn encode(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, decode, encode);
+/// `SerdeHead` (the cluster bus's routing head) and `SerdeRow` (the persister's row): the
+/// `serde_json` derives `MsgView` stands in for, shared with wire's test of it.
+#[path = "../../wire/tests/support/serde_msg.rs"]
+mod serde_msg;
+use serde_msg::{SerdeHead, SerdeRow};
+
+type Head<'a> = (Cow<'a, str>, u64, Cow<'a, str>, u64);
+
+fn view_head(json: &[u8]) -> Option<Head<'_>> {
+    let m = MsgView::parse(json).ok()?;
+    Some((
+        m.text(Field::Room).ok()?,
+        m.u64(Field::Seq).ok()?,
+        m.text(Field::Id).ok()?,
+        m.u64_or(Field::Ts, 0).ok()?,
+    ))
+}
+
+fn view_row(json: &[u8]) -> Option<(Head<'_>, Cow<'_, str>, Cow<'_, str>)> {
+    let m = MsgView::parse(json).ok()?;
+    m.text(Field::Type).ok()?;
+    m.opt_text(Field::Cid).ok()?;
+    let head = (
+        m.text(Field::Room).ok()?,
+        m.i64(Field::Seq).ok()? as u64,
+        m.text(Field::Id).ok()?,
+        m.i64(Field::Ts).ok()? as u64,
+    );
+    Some((head, m.text(Field::From).ok()?, m.text(Field::Body).ok()?))
+}
+
+/// What the load generator takes from a server message: type, room, seq, cid (raw).
+type Fields<'a> = (&'a [u8], &'a [u8], &'a [u8], &'a [u8]);
+
+fn walk_fields(json: &[u8]) -> Option<Fields<'_>> {
+    let mut got: Fields = (b"", b"", b"", b"");
+    scan::walk(json, |k, v| match (k, v) {
+        (b"type", Val::Str(v)) => got.0 = v,
+        (b"room", Val::Str(v)) => got.1 = v,
+        (b"seq", Val::Raw(v)) => got.2 = v,
+        (b"cid", Val::Str(v)) => got.3 = v,
+        _ => {}
+    })?;
+    Some(got)
+}
+
+fn decode_msg(c: &mut Criterion) {
+    let mut group = c.benchmark_group("json/decode_msg");
+    for size in [100, 4096] {
+        let body = chat_text(size, true);
+        let msg = Msg {
+            room: "general",
+            seq: 123_456,
+            id: "5f3a9c0e12d4b6a8-1-1e240",
+            from: "alice",
+            ts: 1_764_000_000_000,
+            body: &body,
+            cid: "c-000123",
+        };
+        let mut json = BytesMut::new();
+        msg.encode(&mut json);
+        let json = json.to_vec();
+        // Both read the same values.
+        let ours = view_head(&json).unwrap();
+        let theirs: SerdeHead = serde_json::from_slice(&json).unwrap();
+        assert_eq!(ours, (theirs.room, theirs.seq, theirs.id, theirs.ts));
+        let row = view_row(&json).unwrap();
+        let theirs: SerdeRow = serde_json::from_slice(&json).unwrap();
+        assert_eq!(
+            (&*row.2, &*theirs.body, &*theirs.kind),
+            (&*body, &*body, "msg")
+        );
+        assert_eq!(walk_fields(&json).unwrap().2, b"123456");
+        group.throughput(Throughput::Bytes(json.len() as u64));
+        let label = format!("body_{}_escapes", size_label(size));
+
+        group.bench_function(BenchmarkId::new("ours_msg_view_head", &label), |b| {
+            b.iter(|| black_box(view_head(black_box(&json)).unwrap()))
+        });
+        group.bench_function(BenchmarkId::new("serde_json_head", &label), |b| {
+            b.iter(|| {
+                let h: SerdeHead = serde_json::from_slice(black_box(&json)).unwrap();
+                black_box((h.room, h.seq, h.id, h.ts))
+            })
+        });
+        group.bench_function(BenchmarkId::new("ours_msg_view_row", &label), |b| {
+            b.iter(|| black_box(view_row(black_box(&json)).unwrap()))
+        });
+        group.bench_function(BenchmarkId::new("serde_json_row", &label), |b| {
+            b.iter(|| {
+                let r: SerdeRow = serde_json::from_slice(black_box(&json)).unwrap();
+                black_box((r.kind, r.room, r.seq, r.id, r.from, r.ts, r.body, r.cid))
+            })
+        });
+        group.bench_function(BenchmarkId::new("ours_scan_walk_lenient", &label), |b| {
+            b.iter(|| black_box(walk_fields(black_box(&json)).unwrap()))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, decode, encode, decode_msg);
 criterion_main!(benches);

@@ -1,11 +1,11 @@
 //! One client connection, on `tokio-tungstenite`: connecting from a chosen loopback source
 //! address with buffers sized for many connections, the requests of PROTOCOL.md encoded
 //! without per-message allocation, and a small parser that picks the few fields the load
-//! generator needs out of a server message without building a JSON tree.
+//! generator needs out of a server message without building a JSON tree (chat-wire's scanner).
 
-use crate::json::Val;
 use bytes::{BufMut, Bytes, BytesMut};
 use chat_wire::protocol::put_json_str;
+use chat_wire::protocol::scan::{self, Val};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -258,7 +258,7 @@ pub fn parse(b: &[u8]) -> Option<ServerMsg<'_>> {
         complete: false,
     };
     let mut bad_seq = false;
-    crate::json::walk(b, |key, v| match (key, v) {
+    scan::walk(b, |key, v| match (key, v) {
         (b"type", Val::Str(v)) => {
             m.kind = match v {
                 b"msg" => Kind::Msg,

@@ -12,7 +12,7 @@
 //! the development machine. A record delivered twice in one batch (a redelivery) is kept once.
 
 use crate::dead_letter::DeadLetter;
-use serde::Deserialize;
+use chat_wire::protocol::{Field, MsgError, MsgView};
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -39,28 +39,39 @@ const MAX_TS_MS: i64 = 253_402_300_799_999;
 /// The `msg` object as the server encodes it (PROTOCOL.md, "Server -> client"). Unknown fields
 /// are ignored, like everywhere in the protocol; `cid` is optional here (it is not part of
 /// the `messages` table the protocol fixes).
-#[derive(Deserialize)]
 struct WireMsg<'a> {
-    #[serde(rename = "type", borrow)]
     kind: Cow<'a, str>,
-    #[serde(borrow)]
     room: Cow<'a, str>,
     seq: i64,
-    #[serde(borrow)]
     id: Cow<'a, str>,
-    #[serde(borrow)]
     from: Cow<'a, str>,
     ts: i64,
-    #[serde(borrow)]
     body: Cow<'a, str>,
-    #[serde(default, borrow)]
     cid: Option<Cow<'a, str>>,
+}
+
+impl<'a> WireMsg<'a> {
+    /// Every field read with chat-wire's strict `msg` decoder: malformed JSON, a missing or
+    /// repeated field, one of the wrong type or range, or a string that is not text is an error.
+    fn decode(json: &'a [u8]) -> Result<WireMsg<'a>, MsgError> {
+        let m = MsgView::parse(json)?;
+        Ok(WireMsg {
+            kind: m.text(Field::Type)?,
+            room: m.text(Field::Room)?,
+            seq: m.i64(Field::Seq)?,
+            id: m.text(Field::Id)?,
+            from: m.text(Field::From)?,
+            ts: m.i64(Field::Ts)?,
+            body: m.text(Field::Body)?,
+            cid: m.opt_text(Field::Cid)?,
+        })
+    }
 }
 
 /// Parses and checks one record. `Err` is the dead-letter reason.
 pub fn parse(key: Option<&[u8]>, value: Option<&[u8]>) -> Result<Row, String> {
     let value = value.ok_or("no value (tombstone record)")?;
-    let msg: WireMsg = serde_json::from_slice(value).map_err(|e| format!("invalid msg: {e}"))?;
+    let msg = WireMsg::decode(value).map_err(|e| format!("invalid msg: {e}"))?;
     if msg.kind != "msg" {
         return Err(format!("type is {:?}, not \"msg\"", msg.kind));
     }

@@ -60,7 +60,7 @@ pub fn put_json_str(out: &mut BytesMut, s: &str) {
 /// `(w - 0x20) & !w & 0x80` when `w < 0x20`. A lane can only be set wrongly above a lane that is
 /// rightly set (a borrow runs upwards), so the lowest set lane is always the first match.
 #[inline]
-fn next_json_escape(bytes: &[u8], from: usize) -> usize {
+pub(super) fn next_json_escape(bytes: &[u8], from: usize) -> usize {
     const LANES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
     let mut i = from;

@@ -8,21 +8,25 @@
 //!
 //! This file holds the limits and the errors every part uses; `decode.rs` reads requests,
 //! `names.rs` says which room names and user ids are valid (and names DM rooms), `json.rs`
-//! writes JSON strings and numbers, `msg.rs` the `msg` itself and `reply.rs` ([`reply`]) every
+//! writes JSON strings and numbers, `msg.rs` the `msg` itself, `msg_view.rs` reading it back
+//! ([`MsgView`], on [`scan`], the top-level object scanner) and `reply.rs` ([`reply`]) every
 //! other server message. Everything is re-exported here, so the paths are
 //! `chat_wire::protocol::*`.
 
 mod decode;
 mod json;
 mod msg;
+mod msg_view;
 mod names;
 pub mod reply;
+pub mod scan;
 #[cfg(test)]
 mod tests;
 
 pub use decode::{ClientOp, Decoder};
 pub use json::put_json_str;
 pub use msg::Msg;
+pub use msg_view::{Field, MsgError, MsgView};
 pub use names::{dm_members, dm_room, validate_room, validate_user};
 
 use std::fmt;

@@ -1,5 +1,6 @@
 //! The chat message as delivered (`msg`), stored and sent to Kafka: encoded once, whole or as
-//! the head and tail around a seq that a store assigns.
+//! the head and tail around a seq that a store assigns. Reading one back is
+//! [`super::MsgView`]'s (`msg_view.rs`).
 
 use super::json::{put_json_str, put_u64};
 use bytes::{BufMut, Bytes, BytesMut};

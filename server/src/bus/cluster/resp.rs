@@ -2,23 +2,30 @@
 
 use crate::bus::redis as keys;
 use crate::bus::replication;
+use chat_wire::protocol::{Field, MsgView};
 use redis::{RedisResult, Value};
+use std::borrow::Cow;
 
 /// The fields of a stored `msg` the bus needs to route it.
-#[derive(serde::Deserialize)]
 pub(super) struct MsgHead<'a> {
-    #[serde(borrow)]
-    pub(super) room: std::borrow::Cow<'a, str>,
+    pub(super) room: Cow<'a, str>,
     pub(super) seq: u64,
-    #[serde(borrow)]
-    pub(super) id: std::borrow::Cow<'a, str>,
+    pub(super) id: Cow<'a, str>,
     /// Milliseconds since the epoch (absent in nothing the server writes; 0 if so).
-    #[serde(default)]
     pub(super) ts: u64,
 }
 
+/// Reads the head with chat-wire's `msg` decoder, as strict as a `serde_json` derive of these
+/// fields: `None` for malformed JSON, or `room`, `seq`, `id` (and `ts` if present) missing,
+/// repeated or mistyped.
 pub(super) fn msg_head(json: &[u8]) -> Option<MsgHead<'_>> {
-    serde_json::from_slice(json).ok()
+    let m = MsgView::parse(json).ok()?;
+    Some(MsgHead {
+        room: m.text(Field::Room).ok()?,
+        seq: m.u64(Field::Seq).ok()?,
+        id: m.text(Field::Id).ok()?,
+        ts: m.u64_or(Field::Ts, 0).ok()?,
+    })
 }
 
 pub(super) fn msg_seq_and_id(json: &[u8]) -> Option<(u64, String)> {
