@@ -87,8 +87,13 @@ async fn nothing_is_shown_before_the_replica_has_it_and_a_failover_loses_nothing
     let replica_pid = cluster.nodes()[replica].pid().unwrap();
     send_signal(replica_pid, "STOP");
     alice.send(send_req(ROOM, "held", "held back")).await;
+    // The node keeps retrying for its whole retry budget (10 s) before `unavailable`: wait
+    // longer than that (the client's default 10 s is a race with it).
     let answer = loop {
-        let v = alice.recv().await;
+        let v = alice
+            .recv_within(Duration::from_secs(20))
+            .await
+            .expect("an answer to the held send");
         if v["type"] != "msg" {
             break v;
         }
