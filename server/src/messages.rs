@@ -70,13 +70,7 @@ pub enum CoreMsg {
     },
     /// History page or resume, served from the owner's recent messages (and, in cluster
     /// mode, PostgreSQL, read at the pace `gauge` shows the connection writing).
-    Fetch {
-        room: Name,
-        kind: FetchKind,
-        subscribe: bool,
-        reply: ReplyTo,
-        gauge: Arc<ReplayGauge>,
-    },
+    Fetch(FetchRequest),
     Subscribe {
         channel: Channel,
         core: CoreId,
@@ -157,6 +151,19 @@ impl Reply {
             frames: vec![error],
         }
     }
+}
+
+/// A `history` page or a `resume`, for the room's owner.
+#[derive(Debug)]
+pub struct FetchRequest {
+    pub room: Name,
+    pub kind: FetchKind,
+    /// Also start delivering the room to `reply.core` (a `resume` that makes a member).
+    pub subscribe: bool,
+    pub reply: ReplyTo,
+    /// How much of the connection's replay is still unwritten (an owner that reads page by
+    /// page waits on it).
+    pub gauge: Arc<ReplayGauge>,
 }
 
 /// A message to order and store: everything but its seq and id.

@@ -32,7 +32,7 @@ use super::owner::RoomOwner;
 use super::redis::{self as keys, RedisConn, PUBLISH_LUA, READ_AFTER_LUA};
 use crate::log::kafka::{KafkaConfig, KafkaLog};
 use crate::messages::{Channel, CoreId, CoreMsg, Name, Reply, ReplyTo};
-use crate::messages::{FetchKind, PublishRequest, ReplayGauge};
+use crate::messages::{FetchRequest, PublishRequest};
 use crate::metrics::inc;
 use crate::node::Node;
 use crate::store::postgres::PgStore;
@@ -383,16 +383,8 @@ impl RoomOwner for ClusterOwner {
         tokio::task::spawn_local(Bus::join(self.bus.clone(), room, subscribe, reply));
     }
 
-    fn fetch(
-        &mut self,
-        room: Name,
-        kind: FetchKind,
-        subscribe: bool,
-        reply: ReplyTo,
-        gauge: Arc<ReplayGauge>,
-    ) {
-        let fetch = Bus::fetch(self.bus.clone(), room, kind, subscribe, reply, gauge);
-        tokio::task::spawn_local(fetch);
+    fn fetch(&mut self, req: FetchRequest) {
+        tokio::task::spawn_local(Bus::fetch(self.bus.clone(), req));
     }
 
     fn subscribe(&mut self, channel: Channel, core: CoreId) {

@@ -7,10 +7,9 @@
 //! frames ([`Reply`]) that the core sends in request order. So the core code is the same in
 //! both modes, and a message of the wrong kind is refused in one place ([`RoomOwner::handle`]).
 
-use crate::messages::{Channel, CoreId, CoreMsg, FetchKind, Name, PublishRequest, ReplayGauge};
-use crate::messages::{Reply, ReplyTo};
+use crate::messages::ReplyTo;
+use crate::messages::{Channel, CoreId, CoreMsg, FetchRequest, Name, PublishRequest, Reply};
 use bytes::Bytes;
-use std::sync::Arc;
 
 /// What a room's owner does. Answers go to `reply.core` as `CoreMsg::Reply` ([`Reply`]).
 pub trait RoomOwner {
@@ -20,15 +19,8 @@ pub trait RoomOwner {
     /// Answers `joined` with the room's latest seq; with `subscribe`, also starts delivering
     /// the room to `reply.core`.
     fn join(&mut self, room: Name, subscribe: bool, reply: ReplyTo);
-    /// A `history` page or a `resume`, paced by `gauge` where the owner reads page by page.
-    fn fetch(
-        &mut self,
-        room: Name,
-        kind: FetchKind,
-        subscribe: bool,
-        reply: ReplyTo,
-        gauge: Arc<ReplayGauge>,
-    );
+    /// A `history` page or a `resume`, paced by its gauge where the owner reads page by page.
+    fn fetch(&mut self, req: FetchRequest);
     fn subscribe(&mut self, channel: Channel, core: CoreId);
     fn unsubscribe(&mut self, channel: Channel, core: CoreId);
     /// A direct message for the cores where `user` is connected.
@@ -43,13 +35,7 @@ pub trait RoomOwner {
                 subscribe,
                 reply,
             } => self.join(room, subscribe, reply),
-            CoreMsg::Fetch {
-                room,
-                kind,
-                subscribe,
-                reply,
-                gauge,
-            } => self.fetch(room, kind, subscribe, reply, gauge),
+            CoreMsg::Fetch(req) => self.fetch(req),
             CoreMsg::Subscribe { channel, core } => self.subscribe(channel, core),
             CoreMsg::Unsubscribe { channel, core } => self.unsubscribe(channel, core),
             CoreMsg::ForwardToUser {

@@ -8,8 +8,8 @@
 //! direct-message rooms, which only their two users may read (`forbidden`).
 
 use crate::core::Core;
-use crate::messages::FetchKind;
 use crate::messages::{ConnId, CoreMsg};
+use crate::messages::{FetchKind, FetchRequest};
 use chat_wire::protocol::RequestError;
 
 pub fn apply(
@@ -24,13 +24,13 @@ pub fn apply(
     let kind = FetchKind::History { before, limit };
     core.ask_owner(
         room,
-        CoreMsg::Fetch {
+        CoreMsg::Fetch(FetchRequest {
             room: room.into(),
             kind,
             subscribe: false,
             reply,
             gauge: core.conns[&conn].io.replay_gauge(),
-        },
+        }),
     );
     Ok(())
 }

@@ -12,8 +12,8 @@
 
 use crate::core::Core;
 use crate::members::{Member, MemberState};
-use crate::messages::FetchKind;
 use crate::messages::{ConnId, CoreMsg, Name};
+use crate::messages::{FetchKind, FetchRequest};
 use chat_wire::protocol::RequestError;
 
 pub fn apply(core: &mut Core, conn: ConnId, room: &str, after: u64) -> Result<(), RequestError> {
@@ -44,13 +44,13 @@ pub fn apply(core: &mut Core, conn: ConnId, room: &str, after: u64) -> Result<()
     }
     core.ask_owner(
         &room.clone(),
-        CoreMsg::Fetch {
+        CoreMsg::Fetch(FetchRequest {
             room,
             kind,
             subscribe,
             reply,
             gauge,
-        },
+        }),
     );
     Ok(())
 }

@@ -6,12 +6,11 @@ use super::from_store::{StoreReplay, BUSY};
 use super::resp::{bulk, msg_head, stream_messages, value_u64};
 use super::{dm_index, Bus, REDIS_RETRY_BUDGET};
 use crate::bus::redis as keys;
-use crate::messages::{Channel, CoreId, FetchKind, Name, ReplayGauge, Reply, ReplyTo};
+use crate::messages::{Channel, CoreId, FetchKind, FetchRequest, Name, Reply, ReplyTo};
 use chat_wire::frame::{encode_frame, OpCode};
 use chat_wire::protocol::{reply, ErrorCode};
 use redis::{RedisResult, Value};
 use std::rc::Rc;
-use std::sync::Arc;
 
 impl Bus {
     /// Makes the node subscribed to `room` for `core`; returns once Redis confirmed.
@@ -64,14 +63,14 @@ impl Bus {
         }
     }
 
-    pub(super) async fn fetch(
-        self: Rc<Self>,
-        room: Name,
-        kind: FetchKind,
-        subscribe: bool,
-        to: ReplyTo,
-        gauge: Arc<ReplayGauge>,
-    ) {
+    pub(super) async fn fetch(self: Rc<Self>, req: FetchRequest) {
+        let FetchRequest {
+            room,
+            kind,
+            subscribe,
+            reply: to,
+            gauge,
+        } = req;
         if subscribe {
             if let Err(e) = self.subscribe_room(&room, to.core).await {
                 tracing::warn!(%room, error = %e, "SUBSCRIBE failed");

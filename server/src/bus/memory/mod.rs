@@ -10,7 +10,7 @@
 use super::dedupe::DedupeWindow;
 use super::owner::{reply_msg, RoomOwner};
 use crate::fanout::{user_owner, Outbox};
-use crate::messages::{Channel, CoreId, CoreMsg, FetchKind, Name, PublishRequest, ReplayGauge};
+use crate::messages::{Channel, CoreId, CoreMsg, FetchKind, FetchRequest, Name, PublishRequest};
 use crate::messages::{Reply, ReplyTo};
 use ahash::AHashMap;
 use bytes::Bytes;
@@ -18,7 +18,6 @@ use chat_wire::frame::payload_of;
 use chat_wire::protocol::{reply, Msg};
 use std::collections::VecDeque;
 use std::rc::Rc;
-use std::sync::Arc;
 
 /// A set of cores (at most 128 per process).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -279,14 +278,14 @@ impl RoomOwner for RoomShard {
             .push(reply.core, reply_msg(reply, Reply::joined(room, seq)));
     }
 
-    fn fetch(
-        &mut self,
-        room: Name,
-        kind: FetchKind,
-        subscribe: bool,
-        reply: ReplyTo,
-        _gauge: Arc<ReplayGauge>,
-    ) {
+    fn fetch(&mut self, req: FetchRequest) {
+        let FetchRequest {
+            room,
+            kind,
+            subscribe,
+            reply,
+            ..
+        } = req;
         // Everything is in memory: the frames are shared, so the whole reply goes at once.
         let answer = match (subscribe, self.rooms.get(&room)) {
             (false, None) => fetch(&room, &RoomState::default(), kind),

@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::fanout::Mailbox;
+use std::sync::Arc;
 
 struct Harness {
     shard: RoomShard,
@@ -81,13 +82,13 @@ impl Harness {
         };
         let kind = FetchKind::Resume { after };
         match self
-            .call(CoreMsg::Fetch {
+            .call(CoreMsg::Fetch(FetchRequest {
                 room: room.into(),
                 kind,
                 subscribe: false,
                 reply,
                 gauge: Default::default(),
-            })
+            }))
             .pop()
         {
             Some(Reply::Start { seq, frames, .. }) => {
@@ -153,13 +154,13 @@ fn rooms_that_hold_nothing_are_not_kept() {
     };
     for (i, room) in ["a", "b", "c"].into_iter().enumerate() {
         let kind = FetchKind::Resume { after: 0 };
-        let answer = h.call(CoreMsg::Fetch {
+        let answer = h.call(CoreMsg::Fetch(FetchRequest {
             room: room.into(),
             kind,
             subscribe: false,
             reply: reply(i as u64),
             gauge: Default::default(),
-        });
+        }));
         assert!(matches!(answer.as_slice(), [Reply::Start { seq: 0, .. }]));
     }
     assert_eq!(h.shard.rooms(), 0, "reading never-used rooms keeps nothing");
