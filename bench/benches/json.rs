@@ -238,19 +238,24 @@ struct MsgOut<'a> {
     cid: &'a str,
 }
 
+/// The `msg` both the encode and the decode cases use, around `body`.
+fn sample_msg(body: &str) -> Msg<'_> {
+    Msg {
+        room: "general",
+        seq: 123_456,
+        id: "5f3a9c0e12d4b6a8-1-1e240",
+        from: "alice",
+        ts: 1_764_000_000_000,
+        body,
+        cid: "c-000123",
+    }
+}
+
 fn encode(c: &mut Criterion) {
     let mut group = c.benchmark_group("json/encode_msg");
     for (size, escapes) in [(100, true), (4096, true), (4096, false)] {
         let body = chat_text(size, escapes);
-        let msg = Msg {
-            room: "general",
-            seq: 123_456,
-            id: "5f3a9c0e12d4b6a8-1-1e240",
-            from: "alice",
-            ts: 1_764_000_000_000,
-            body: &body,
-            cid: "c-000123",
-        };
+        let msg = sample_msg(&body);
         let out = MsgOut {
             ty: "msg",
             room: msg.room,
@@ -342,15 +347,7 @@ fn decode_msg(c: &mut Criterion) {
     let mut group = c.benchmark_group("json/decode_msg");
     for size in [100, 4096] {
         let body = chat_text(size, true);
-        let msg = Msg {
-            room: "general",
-            seq: 123_456,
-            id: "5f3a9c0e12d4b6a8-1-1e240",
-            from: "alice",
-            ts: 1_764_000_000_000,
-            body: &body,
-            cid: "c-000123",
-        };
+        let msg = sample_msg(&body);
         let mut json = BytesMut::new();
         msg.encode(&mut json);
         let json = json.to_vec();
