@@ -6,7 +6,9 @@ the system, Redis CPU from its pid, both over the load run after setup, per deli
 OUT/<system>/idle/idle.json; writes OUT/summary.json, the block between the markers of
 OUT/README.md (created when missing) and OUT/cpu-<R>.svg, OUT/p99-<R>.svg. Medians over the
 rounds, with the spread (min-max); ratios are "the system / ours (2 nodes)", so 2.0x means the
-system needs twice our CPU per delivery.
+system needs twice our CPU per delivery. The -kafka systems are compared with ours-kafka, and
+their broker and PostgreSQL CPU (service-cpu.json) get columns of their own, not in the ratio.
+rows-round-N.json (rows the persister wrote, messages acked) goes into a table of its own.
 """
 import json
 import os
@@ -14,7 +16,7 @@ import statistics
 import sys
 from pathlib import Path
 
-ORDER = ["ours", "ours-single", "socketio", "sockudo", "nodews", "naive"]
+ORDER = ["ours", "ours-single", "socketio", "sockudo", "nodews", "naive", "ours-kafka", "nodews-kafka"]
 LABEL = {
     "ours": "ours, 2 nodes on Redis",
     "ours-single": "ours, standalone (1 process)",
@@ -22,7 +24,11 @@ LABEL = {
     "sockudo": "Sockudo (Pusher) + Redis adapter",
     "nodews": "Node.js ws + ioredis",
     "naive": "tokio + tungstenite + redis-rs",
+    "ours-kafka": "ours, 2 nodes, Redis + Kafka + persister",
+    "nodews-kafka": "Node.js ws + ioredis + node-rdkafka + Node persister",
 }
+# The baseline of each system's ratio: with Kafka in the path, ours with Kafka.
+BASE = {"ours-kafka": "ours-kafka", "nodews-kafka": "ours-kafka"}
 BEGIN = "<!-- peers:begin: scripts/peers-summary.py writes this block; edits inside it are lost -->"
 END = "<!-- peers:end -->"
 
@@ -54,6 +60,10 @@ def runs(out, system, rate):
             "ok": res["verdict"]["ok"], "loadgen_bound": res["loadgen"]["bottleneck"],
             "pressure": res["loadgen"].get("cpu_pressure"),
         })
+        svc = load(r / "service-cpu.json")
+        if svc and c["delivered"]:
+            found[-1]["broker_us"] = svc["broker_cpu_seconds"] * 1e6 / c["delivered"]
+            found[-1]["pg_us"] = svc["pg_cpu_seconds"] * 1e6 / c["delivered"]
     return found
 
 
@@ -115,18 +125,25 @@ def main(out):
     lines = []
     for rate in rates:
         table = {s: runs(out, s, rate) for s in systems}
-        ours = med([r["server_us"] + r["redis_us"] for r in table.get("ours", [])])
-        ours_server = med([r["server_us"] for r in table.get("ours", [])])
+        svc_cols = any("broker_us" in r for rs in table.values() for r in rs)
         lines += [f"### {rate:,} msg/s offered ({rate * 10:,} deliveries/s)", "",
                   "| system | server CPU µs / delivery | Redis CPU µs / delivery | vs ours (server + Redis) "
-                  "| delivery p50 ms | p99 ms | p99.9 ms | verified | notes |",
-                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |"]
+                  + ("| broker CPU µs / delivery | PostgreSQL CPU µs / delivery " if svc_cols else "")
+                  + "| delivery p50 ms | p99 ms | p99.9 ms | verified | notes |",
+                  "| --- | ---: | ---: | ---: | " + ("---: | ---: | " if svc_cols else "")
+                  + "---: | ---: | ---: | --- | --- |"]
         for s in systems:
             rs = table[s]
             if not rs:
                 continue
+            base = BASE.get(s, "ours")
+            ours = med([r["server_us"] + r["redis_us"] for r in table.get(base, [])])
+            ours_server = med([r["server_us"] for r in table.get(base, [])])
             total = med([r["server_us"] + r["redis_us"] for r in rs])
-            ratio = f"{total / ours:.2f}x" if ours and s != "ours" else ("1" if s == "ours" else "-")
+            ratio = f"{total / ours:.2f}x" if ours and s != base else ("1" if s == base else "-")
+            if svc_cols:
+                svc = (f"| {spread(rs, 'broker_us', f1)} | {spread(rs, 'pg_us', f1)} "
+                       if all("broker_us" in r for r in rs) else "| - | - ")
             lost = sum(r["lost"] for r in rs)
             dup = sum(r["duplicated"] for r in rs)
             reord = sum(r["reordered"] for r in rs)
@@ -139,6 +156,7 @@ def main(out):
             if nb:
                 notes.append(f"load generator flagged itself the bottleneck in {nb}/{len(rs)} rounds")
             lines.append(f"| {LABEL[s]} | {spread(rs, 'server_us', f1)} | {spread(rs, 'redis_us', f1)} | {ratio} "
+                         + (svc if svc_cols else "") +
                          f"| {spread(rs, 'p50', ms)} | {spread(rs, 'p99', ms)} | {spread(rs, 'p999', ms)} "
                          f"| {verified} | {'; '.join(notes)} |")
             summary["systems"].setdefault(s, {})[str(rate)] = {
@@ -146,7 +164,9 @@ def main(out):
                 "redis_us_median": med([r["redis_us"] for r in rs]),
                 "p99_ms_median": med([r["p99"] for r in rs]),
                 "server_vs_ours": (med([r["server_us"] for r in rs]) / ours_server) if ours_server else None,
-                "total_vs_ours": (total / ours) if ours else None,
+                "total_vs_ours": (total / ours) if ours else None, "baseline": base,
+                "broker_us_median": med([r["broker_us"] for r in rs if "broker_us" in r]),
+                "pg_us_median": med([r["pg_us"] for r in rs if "pg_us" in r]),
             }
         lines.append("")
         bar_svg(out / f"cpu-{rate}.svg", f"CPU per delivery at {rate:,} msg/s offered (median of rounds)", "µs",
@@ -158,8 +178,15 @@ def main(out):
                  for s in systems if table[s]])
         lines += [f"![CPU per delivery at {rate}](cpu-{rate}.svg)", f"![p99 at {rate}](p99-{rate}.svg)", ""]
 
-    sweep_rows, idle_rows = [], []
+    sweep_rows, idle_rows, pg_rows = [], [], []
     for s in systems:
+        rr = [x for x in (load(p) for p in sorted((out / s).glob("rows-round-*.json"))) if x]
+        if rr:
+            ok = sum(x["rows"] == x["acked"] for x in rr)
+            rows = ", ".join(f"{x['rows']:,}" for x in rr)
+            acked = ", ".join(f"{x['acked']:,}" for x in rr)
+            pg_rows.append(f"| {LABEL[s]} | {rows} | {acked} | {ok}/{len(rr)} |")
+            summary["systems"].setdefault(s, {})["pg_rows"] = rr
         sw = load(out / s / "sweep" / "sweep.json")
         if sw:
             best = sw.get("best_rate")
@@ -173,6 +200,10 @@ def main(out):
         if idle:
             idle_rows.append(f"| {LABEL[s]} | {idle['connections']:,} | {idle['bytes_per_connection']:,} |")
             summary["systems"].setdefault(s, {})["idle_bytes_per_connection"] = idle["bytes_per_connection"]
+    if pg_rows:
+        lines += ["### Rows in PostgreSQL after each round (both rates of the round)", "",
+                  "| system | rows, per round | messages acked, per round | rounds where rows = acked |",
+                  "| --- | --- | --- | --- |"] + pg_rows + [""]
     if sweep_rows:
         lines += ["### Highest rate at delivery p99 <= 10 ms, zero loss (one sweep each)", "",
                   "| system | msg/s | load generator the bottleneck there | first failing step |",

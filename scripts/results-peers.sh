@@ -12,11 +12,21 @@
 #   * once per system: a sweep to the highest rate with delivery p99 <= 10 ms and zero loss;
 #   * once per system: RSS (all its processes) per idle connection with 10,000 idle WebSockets.
 #
-# Environment: PEERS_SYSTEMS (default: ours ours-single socketio sockudo nodews naive),
+# With Kafka and PostgreSQL in the path (PEERS_SYSTEMS="ours ours-kafka nodews nodews-kafka",
+# say): ours-kafka (chat-server --kafka + chat-persister) and nodews-kafka (Node ws + ioredis +
+# node-rdkafka + a Node persister on `pg`) start their own broker and database (peers/peer.sh);
+# their server CPU covers both nodes and the persister, and each run also records the broker's
+# and the PostgreSQL backends' CPU (service-cpu.json beside result.json; read from /proc around
+# the whole loadgen run, connection setup included) and, after a turn's rates, the rows the
+# persister wrote next to the messages acked (rows-round-N.json).
+#
+# Environment: PEERS_SYSTEMS (default: ours ours-single socketio sockudo nodews naive; also
+# ours-kafka nodews-kafka),
 # PEERS_ROUNDS (3), PEERS_RATES ("400 4000"), PEERS_WARMUP (2), PEERS_DURATION (10),
 # PEERS_SWEEP_RATES (400,1000,2000,3000,4000,6000,8000,10000; empty: no sweep), PEERS_SWEEP_DURATION
-# (5), PEERS_IDLE (10000; 0: skip), RESULTS_OUT (results) -> OUT/peers/, PEERS_LOADGEN (a
-# prebuilt loadgen: skips the build).
+# (5), PEERS_IDLE (10000; 0: skip), RESULTS_OUT (results) -> OUT/peers/, PEERS_OUT (the output
+# directory itself, instead of OUT/peers/: a partial run kept apart from the full one),
+# PEERS_LOADGEN (a prebuilt loadgen: skips the build).
 # Installs what is missing (peers/peer.sh install: Sockudo compiles for 8-15 minutes once).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,7 +39,7 @@ duration=${PEERS_DURATION:-10}
 sweep_rates=${PEERS_SWEEP_RATES-400,1000,2000,3000,4000,6000,8000,10000}
 sweep_duration=${PEERS_SWEEP_DURATION:-5}
 idle_n=${PEERS_IDLE:-10000}
-out=${RESULTS_OUT:-results}/peers
+out=${PEERS_OUT:-${RESULTS_OUT:-results}/peers}
 target_dir=${CARGO_TARGET_DIR:-target}
 case "$target_dir" in /*) ;; *) target_dir=$root/$target_dir ;; esac
 lg=${PEERS_LOADGEN:-$target_dir/release/loadgen}
@@ -42,8 +52,8 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 mkdir -p "$out" "$logs"
 
 if [ -z "${PEERS_LOADGEN:-}" ]; then
-  say "cargo build --release -p chat-server -p loadgen"
-  cargo build --release -p chat-server -p loadgen || die "build failed"
+  say "cargo build --release -p chat-server -p chat-persister -p loadgen"
+  cargo build --release -p chat-server -p chat-persister -p loadgen || die "build failed"
 fi
 for s in $systems; do
   t0=$SECONDS
@@ -73,17 +83,60 @@ stop() { peers/peer.sh stop "$1"; current=""; }
 # read by the load generator right after its connections are set up and after the drain).
 pid_list() { peers/peer.sh pids "$1" | tr ' ' ','; }
 
+# Clock ticks of user + system CPU of the given processes (comma-separated), from /proc.
+ticks() {
+  local pid total=0
+  for pid in ${1//,/ }; do
+    [ -r "/proc/$pid/stat" ] || continue
+    total=$((total + $(sed 's/^.*) //' "/proc/$pid/stat" | awk '{print $12 + $13}')))
+  done
+  echo "$total"
+}
+hz=$(getconf CLK_TCK)
+
 # One loadgen run against the running system $1 at rate $2 into $3/.
 measure() {
-  local s=$1 rate=$2 dir=$3
+  local s=$1 rate=$2 dir=$3 svc="" broker="" pg="" b0=0 p0=0
   rm -rf "$dir"
   mkdir -p "$(dirname "$dir")"
+  case "$s" in
+    *-kafka)
+      svc=$(peers/peer.sh service-pids "$s")
+      broker=$(echo "$svc" | sed -n 's/.*broker=\([0-9]*\).*/\1/p')
+      pg=$(echo "$svc" | sed -n 's/.*pg=\([0-9,]*\).*/\1/p')
+      b0=$(ticks "$broker") p0=$(ticks "$pg")
+      ;;
+  esac
   "$lg" run --url "$(peers/peer.sh urls "$s")" --protocol "$(peers/peer.sh protocol "$s")" \
     --server-pids "$(pid_list "$s")" --redis-pid "$redis_pid" \
     --connections 1000 --rooms 100 --members 10 --senders 100 --body 100 --rate "$rate" \
     --warmup "$warmup" --duration "$duration" --results-dir "$(dirname "$dir")" \
     --name "$(basename "$dir")" --no-plots --no-progress >"$logs/last-run.out" 2>&1 || true
+  if [ -n "$svc" ] && [ -d "$dir" ]; then
+    cat >"$dir/service-cpu.json" <<EOF
+{"broker_pid": ${broker:-0}, "broker_cpu_seconds": $(awk "BEGIN {print ($(ticks "$broker") - $b0) / $hz}"),
+ "pg_pids": "$pg", "pg_cpu_seconds": $(awk "BEGIN {print ($(ticks "$pg") - $p0) / $hz}")}
+EOF
+  fi
   say "$s @ $rate msg/s: $(sed -n 4p "$logs/last-run.out") | $(grep '^server CPU' "$logs/last-run.out")"
+}
+
+# After a -kafka system's turn: wait until its persister stops adding rows (30 s at most), then
+# record the rows next to the messages acked in the turn's runs.
+check_rows() { # SYSTEM ROUND
+  local s=$1 round=$2 rows=-1 last=-2 n acked=0 rate f
+  for n in $(seq 30); do
+    rows=$(peers/peer.sh rows "$s" 2>/dev/null || echo -1)
+    [ "$rows" = "$last" ] && break
+    last=$rows
+    sleep 1
+  done
+  for rate in $rates; do
+    f=$out/$s/rate-$rate/round-$round/result.json
+    [ -f "$f" ] && acked=$((acked + $(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['counters']['acked'])" "$f")))
+  done
+  echo "{\"system\": \"$s\", \"round\": $round, \"rows\": $rows, \"acked\": $acked}" >"$out/$s/rows-round-$round.json"
+  say "$s round $round: $rows rows in PostgreSQL, $acked messages acked"
 }
 
 for round in $(seq "$rounds"); do
@@ -91,6 +144,7 @@ for round in $(seq "$rounds"); do
     say "round $round/$rounds: $s"
     start "$s"
     for rate in $rates; do measure "$s" "$rate" "$out/$s/rate-$rate/round-$round"; done
+    case "$s" in *-kafka) check_rows "$s" "$round" ;; esac
     stop "$s"
   done
 done
