@@ -113,9 +113,13 @@ measure() {
     --warmup "$warmup" --duration "$duration" --results-dir "$(dirname "$dir")" \
     --name "$(basename "$dir")" --no-plots --no-progress >"$logs/last-run.out" 2>&1 || true
   if [ -n "$svc" ] && [ -d "$dir" ]; then
+    # PostgreSQL backends that connected during the run count from 0 (their whole life).
+    local pg1 new="" pid
+    pg1=$(peers/peer.sh service-pids "$s" | sed -n 's/.*pg=\([0-9,]*\).*/\1/p')
+    for pid in ${pg1//,/ }; do case ",$pg," in *",$pid,"*) ;; *) new="$new${new:+,}$pid" ;; esac; done
     cat >"$dir/service-cpu.json" <<EOF
 {"broker_pid": ${broker:-0}, "broker_cpu_seconds": $(awk "BEGIN {print ($(ticks "$broker") - $b0) / $hz}"),
- "pg_pids": "$pg", "pg_cpu_seconds": $(awk "BEGIN {print ($(ticks "$pg") - $p0) / $hz}")}
+ "pg_pids": "$pg${pg:+${new:+,}}$new", "pg_cpu_seconds": $(awk "BEGIN {print ($(ticks "$pg") - $p0 + $(ticks "$new")) / $hz}")}
 EOF
   fi
   say "$s @ $rate msg/s: $(sed -n 4p "$logs/last-run.out") | $(grep '^server CPU' "$logs/last-run.out")"
