@@ -212,7 +212,20 @@ def main(out):
         lines += ["### Memory per idle connection (RSS of all the system's processes)", "",
                   "| system | idle connections | bytes per connection |", "| --- | ---: | ---: |"] + idle_rows + [""]
 
-    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    # One line per system and figure (a round per line), so the file stays short and diffable.
+    parts = []
+    for s, figs in summary["systems"].items():
+        inner = []
+        for k, v in figs.items():
+            if isinstance(v, dict) and "rounds" in v:
+                rest = {x: y for x, y in v.items() if x != "rounds"}
+                rounds = ",\n    ".join(json.dumps(r) for r in v["rounds"])
+                inner.append(f'  {json.dumps(k)}: {json.dumps(rest)[:-1]}, "rounds": [\n    {rounds}]}}')
+            else:
+                inner.append(f"  {json.dumps(k)}: {json.dumps(v)}")
+        parts.append(f" {json.dumps(s)}: {{\n" + ",\n".join(inner) + "}")
+    (out / "summary.json").write_text(f'{{"rates": {json.dumps(summary["rates"])}, "systems": {{\n'
+                                      + ",\n".join(parts) + "}}\n")
     readme = out / "README.md"
     text = readme.read_text() if readme.exists() else f"# results/peers\n\n{BEGIN}\n{END}\n"
     if BEGIN not in text:
