@@ -20,6 +20,9 @@
 //!   the same name (a recreated topic) is told apart from the one the offset was stored for
 //!   (see [`crate::start_offset`]).
 //! * `persister_dead_letters`: records that cannot become rows (see [`crate::dead_letter`]).
+//! * `read_pointers`: per (room, user) the seq the user has read up to (PROTOCOL.md v1.1),
+//!   written by the server nodes (`GREATEST`, so it never goes back); not through Kafka, since
+//!   a pointer is one small idempotent upsert that must be durable before the server answers.
 
 use tokio_postgres::{Client, Error, GenericClient};
 
@@ -70,6 +73,19 @@ CREATE TABLE IF NOT EXISTS persister_dead_letters (
         "the fingerprint of the last stored record per partition",
         r#"
 ALTER TABLE persister_offsets ADD COLUMN IF NOT EXISTS last_hash bigint;
+"#,
+    ),
+    (
+        3,
+        "read pointers (v1.1), written by the server",
+        r#"
+CREATE TABLE IF NOT EXISTS read_pointers (
+  room       text        NOT NULL,
+  user_id    text        NOT NULL,
+  seq        bigint      NOT NULL,
+  updated_at timestamptz NOT NULL DEFAULT now(),
+  PRIMARY KEY (room, user_id)
+);
 "#,
     ),
 ];

@@ -117,6 +117,12 @@ pub struct Config {
     #[arg(long, env = "CHAT_REDIS_WAIT_MS", default_value_t = 1_000)]
     pub redis_wait_ms: u64,
 
+    /// Cluster mode: seconds after which the users of a node that stopped answering (its
+    /// heartbeat in Redis is older) go `offline` (v1.1 presence). Standalone: unused (a dead
+    /// process takes its presence with it).
+    #[arg(long, env = "CHAT_PRESENCE_TTL", default_value_t = 15.0)]
+    pub presence_ttl: f64,
+
     /// Kafka bootstrap servers (`host:port,...`): every message is produced there before its
     /// sender gets `ack`. Needs `--redis`.
     #[arg(long, env = "CHAT_KAFKA_BROKERS")]

@@ -158,7 +158,13 @@ impl Core {
             return;
         };
         if local.members.contains(key) {
-            local.members.remove(key);
+            let gone = local.members.remove(key);
+            let msg = CoreMsg::PresenceChange {
+                room: room.clone(),
+                user: gone.user,
+                came: false,
+            };
+            self.out.push(self.node.route(room), msg);
         }
         if local.members.is_empty() {
             self.rooms.remove(room);
@@ -172,12 +178,21 @@ impl Core {
     }
 
     /// Adds `conn` as a waiting member of `room`. Returns whether this core must subscribe.
+    /// The room's owner hears of the member first (presence), then of the request.
     pub fn add_member(&mut self, room: &Name, conn: ConnId, ticket: u64) -> bool {
         let io = self.conns[&conn].io.clone();
+        let user = self.conns[&conn].user.clone();
+        let came = CoreMsg::PresenceChange {
+            room: room.clone(),
+            user: user.clone(),
+            came: true,
+        };
+        self.out.push(self.node.route(room), came);
         let local = self.rooms.entry(room.clone()).or_default();
         let subscribe = local.members.is_empty();
         let key = local.members.insert(Member {
             io,
+            user,
             ticket,
             state: MemberState::Waiting(Vec::new()),
         });
@@ -233,6 +248,12 @@ impl Core {
                 frame,
             } => self.deliver(channel, &room, seq, &frame),
             CoreMsg::Reply { to, reply } => self.on_reply(to, reply),
+            CoreMsg::Event {
+                channel,
+                frame,
+                except_user,
+                except_conn,
+            } => self.deliver_event(channel, &frame, except_user, except_conn),
             other => {
                 let before = self.shard.rooms();
                 let published = matches!(other, CoreMsg::Publish(_));
@@ -286,6 +307,40 @@ impl Core {
             }
         }
         crate::metrics::add(&self.counters().messages_delivered, delivered);
+    }
+
+    /// An event outside the seq stream to the live local members of a room (but the
+    /// `except_user`'s) or to a user's connections (but `except_conn`).
+    fn deliver_event(
+        &mut self,
+        channel: Channel,
+        frame: &Bytes,
+        except_user: Option<Name>,
+        except_conn: Option<ConnId>,
+    ) {
+        let mut sent = 0;
+        match channel {
+            Channel::Room(room) => {
+                if let Some(local) = self.rooms.get(&room) {
+                    for (_, m) in local.members.iter() {
+                        if except_user.as_ref() != Some(&m.user) {
+                            sent += m.offer_event(frame) as u64;
+                        }
+                    }
+                }
+            }
+            Channel::User(user) => {
+                for id in self.users.get(&user).into_iter().flatten() {
+                    if Some(*id) != except_conn {
+                        if let Some(conn) = self.conns.get(id) {
+                            conn.io.send(frame.clone());
+                            sent += 1;
+                        }
+                    }
+                }
+            }
+        }
+        crate::metrics::add(&self.counters().events_delivered, sent);
     }
 
     fn on_reply(&mut self, to: ReplyTo, reply: Reply) {

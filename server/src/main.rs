@@ -155,6 +155,7 @@ fn cluster_config(config: &config::Config) -> Option<bus::cluster::ClusterConfig
         pg_replay_wait: std::time::Duration::from_secs_f64(config.pg_replay_wait.max(0.0)),
         replicas: config.redis_replicas,
         wait_ms: config.redis_wait_ms,
+        presence_ttl: std::time::Duration::from_secs_f64(config.presence_ttl.clamp(1.0, 3600.0)),
     })
 }
 

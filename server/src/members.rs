@@ -4,6 +4,7 @@
 //! reply has gone out, then sends only those after the seq that reply named: no gap, no
 //! duplicate, and never a message before the reply that introduces it.
 
+use crate::messages::Name;
 use crate::outbound::ConnIo;
 use bytes::Bytes;
 use std::rc::Rc;
@@ -11,6 +12,8 @@ use std::rc::Rc;
 /// A connection's place in one room's stream.
 pub struct Member {
     pub io: Rc<ConnIo>,
+    /// The connection's user (presence counts users; `typing` skips the typist's own).
+    pub user: Name,
     /// The request (ticket) whose reply makes this member live.
     pub ticket: u64,
     pub state: MemberState,
@@ -40,6 +43,16 @@ impl Member {
                 true
             }
         }
+    }
+
+    /// Sends an event outside the seq stream (`online`, `typing`, ...) if the member is live:
+    /// none goes before the `joined` that introduces the member.
+    pub fn offer_event(&self, frame: &Bytes) -> bool {
+        let live = matches!(self.state, MemberState::Live(_));
+        if live {
+            self.io.send(frame.clone());
+        }
+        live
     }
 
     /// The reply naming `seq` went out: send what was held after it, and go live.

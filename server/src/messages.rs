@@ -65,6 +65,8 @@ pub enum CoreMsg {
     /// room to the requesting core.
     Join {
         room: Name,
+        /// Whose read pointer `joined` carries.
+        user: Name,
         subscribe: bool,
         reply: ReplyTo,
     },
@@ -88,7 +90,57 @@ pub enum CoreMsg {
         frame: Bytes,
     },
 
+    /// v1.1 presence: one more (`came`) or one fewer connection of `user` is a member of
+    /// `room` (sent by the connection's core when a member is made or goes).
+    PresenceChange {
+        room: Name,
+        user: Name,
+        came: bool,
+    },
+    /// v1.1: answer `presence` for an ordinary room.
+    Presence {
+        room: Name,
+        reply: ReplyTo,
+    },
+    /// v1.1: `user` is typing in `room` (deduplicated by the owner, never stored).
+    Typing {
+        room: Name,
+        user: Name,
+    },
+    /// v1.1: move `user`'s read pointer for `room` up to `seq`; answer with the pointer.
+    Read {
+        room: Name,
+        user: Name,
+        seq: u64,
+        reply: ReplyTo,
+    },
+
+    // ---- to the core that owns a user channel ----
+    /// A frame (not part of any room's seq stream) for every connection of `user`, but the
+    /// one `except` names.
+    ToUser {
+        user: Name,
+        frame: Bytes,
+        except: Option<ReplyTo>,
+    },
+    /// v1.1 `presence` of a direct-message room: `asker` is connected; is `other`?
+    DmPresence {
+        room: Name,
+        asker: Name,
+        other: Name,
+        reply: ReplyTo,
+    },
+
     // ---- to the core of a connection ----
+    /// An event outside the seq stream (`online`, `offline`, `typing`, `read`, a coalesced
+    /// `presence`): for the live local members of a room but those of `except_user`, or for
+    /// the connections of a user but `except_conn`.
+    Event {
+        channel: Channel,
+        frame: Bytes,
+        except_user: Option<Name>,
+        except_conn: Option<ConnId>,
+    },
     /// A message for every local member of `channel`.
     Deliver {
         channel: Channel,
@@ -127,16 +179,26 @@ pub enum Reply {
 }
 
 impl Reply {
-    /// `joined`: the room's latest seq when the request was served.
-    pub fn joined(room: Name, seq: u64) -> Reply {
-        let frames = vec![chat_wire::protocol::reply::joined(&room, seq)];
+    /// `joined`: the room's latest seq when the request was served, and the user's read
+    /// pointer.
+    pub fn joined(room: Name, seq: u64, read: u64) -> Reply {
+        let frames = vec![chat_wire::protocol::reply::joined(&room, seq, read)];
         Reply::Start { room, seq, frames }
     }
 
     /// `resume`'s answer: `messages` (every held message after the requested seq), then
-    /// `resumed` with the latest seq and whether nothing in between was missing.
-    pub fn resumed(room: Name, seq: u64, mut messages: Vec<Bytes>, complete: bool) -> Reply {
-        messages.push(chat_wire::protocol::reply::resumed(&room, seq, complete));
+    /// `resumed` with the latest seq, the user's read pointer and whether nothing in between
+    /// was missing.
+    pub fn resumed(
+        room: Name,
+        seq: u64,
+        read: u64,
+        mut messages: Vec<Bytes>,
+        complete: bool,
+    ) -> Reply {
+        messages.push(chat_wire::protocol::reply::resumed(
+            &room, seq, read, complete,
+        ));
         Reply::Start {
             room,
             seq,
@@ -157,6 +219,8 @@ impl Reply {
 #[derive(Debug)]
 pub struct FetchRequest {
     pub room: Name,
+    /// Whose read pointer `resumed` carries.
+    pub user: Name,
     pub kind: FetchKind,
     /// Also start delivering the room to `reply.core` (a `resume` that makes a member).
     pub subscribe: bool,
@@ -178,6 +242,13 @@ pub struct PublishRequest {
     /// For a direct message, its two users (their connections get it wherever they are).
     pub dm: Option<(Name, Name)>,
     pub reply: ReplyTo,
+}
+
+/// Wall-clock milliseconds since the Unix epoch (a message's `ts`, `typing`'s once a second).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// What a `history` or `resume` asks of the owner.

@@ -29,6 +29,8 @@ pub struct CoreCounters {
     pub messages_published: AtomicU64,
     /// `msg` frames queued to this core's connections.
     pub messages_delivered: AtomicU64,
+    /// v1.1 event frames (`online`, `offline`, `typing`, `read`, coalesced `presence`) queued.
+    pub events_delivered: AtomicU64,
     /// Frames written to sockets, and their bytes.
     pub frames_out: AtomicU64,
     pub bytes_out: AtomicU64,
@@ -126,7 +128,7 @@ impl Metrics {
     pub fn render(&self, draining: bool) -> String {
         let mut out = String::with_capacity(4096);
         type Field = fn(&CoreCounters) -> &AtomicU64;
-        let series: [(&str, &str, &str, Field); 22] = [
+        let series: [(&str, &str, &str, Field); 23] = [
             (
                 "chat_connections",
                 "gauge",
@@ -180,6 +182,12 @@ impl Metrics {
                 "counter",
                 "msg frames queued to connections (messages out).",
                 |c| &c.messages_delivered,
+            ),
+            (
+                "chat_events_delivered_total",
+                "counter",
+                "Presence, typing and read events queued to connections.",
+                |c| &c.events_delivered,
             ),
             (
                 "chat_frames_out_total",

@@ -107,8 +107,8 @@ async fn mail_loop(core: CoreRef, stop: local_sync::oneshot::Sender<()>) {
     }
 }
 
-/// Once a second: ping quiet connections, close silent ones, and cut connections whose close
-/// handshake has taken too long.
+/// Once a second: ping quiet connections, close silent ones, cut connections whose close
+/// handshake has taken too long, and send the coalesced presence of large rooms.
 /// Also gives memory back to the system once the core let go of much state (see
 /// [`give_back_memory`]).
 async fn housekeeping(core: CoreRef) {
@@ -127,6 +127,9 @@ async fn housekeeping(core: CoreRef) {
             give_back_memory();
         }
         held = now_held;
+        drop(c);
+        // Large rooms' coalesced presence, and old typing marks (bus/memory/presence.rs).
+        core.borrow_mut().shard.tick(crate::messages::now_ms());
     }
 }
 

@@ -31,8 +31,8 @@ use super::memory::CoreSet;
 use super::owner::RoomOwner;
 use super::redis::{self as keys, RedisConn, PUBLISH_LUA, READ_AFTER_LUA};
 use crate::log::kafka::{KafkaConfig, KafkaLog};
+use crate::messages::PublishRequest;
 use crate::messages::{Channel, CoreId, CoreMsg, Name, Reply, ReplyTo};
-use crate::messages::{FetchRequest, PublishRequest};
 use crate::metrics::inc;
 use crate::node::Node;
 use crate::store::postgres::PgStore;
@@ -50,10 +50,13 @@ use tokio::sync::mpsc;
 mod catch_up;
 mod dm_index;
 mod from_store;
+mod owner;
 mod publish;
+mod read_pointers;
 mod receive;
 mod resp;
 mod rooms;
+mod social;
 mod topology;
 
 use resp::{again, evalsha, msg_head, unreplicated};
@@ -97,6 +100,8 @@ pub struct ClusterConfig {
     pub replicas: u32,
     /// Longest `WAIT` for them, ms.
     pub wait_ms: u64,
+    /// How long a dead node's users stay present (`--presence-ttl`).
+    pub presence_ttl: Duration,
 }
 
 /// Connects to Redis (and Kafka), then runs the bus on a thread of its own. Fails when Redis
@@ -149,6 +154,8 @@ struct Bus {
     /// Places for replays reading PostgreSQL (`--pg-replays`, [`from_store`]).
     pg_replays: tokio::sync::Semaphore,
     state: RefCell<State>,
+    /// Presence, typing and read pointers (v1.1, [`social`]).
+    social: RefCell<social::Social>,
     id_prefix: String,
 }
 
@@ -312,6 +319,7 @@ impl Bus {
             kafka,
             pg,
             state: RefCell::new(State::default()),
+            social: RefCell::new(social::Social::default()),
         }))
     }
 }
@@ -335,10 +343,8 @@ impl BusExt for Rc<Bus> {
         if self.redis().is_cluster() {
             tokio::task::spawn_local(self.clone().watch_topology());
         }
-        let mut owner = ClusterOwner {
-            bus: self.clone(),
-            publishes: (0..self.node.threads).map(|_| Vec::new()).collect(),
-        };
+        self.start_social();
+        let mut owner = owner::ClusterOwner::new(self.clone());
         loop {
             let batch = self.node.mailboxes[bus_index].recv().await;
             for msg in batch {
@@ -364,44 +370,6 @@ impl BusExt for Rc<Bus> {
                 }
             }
         }
-    }
-}
-
-/// The bus as the owner of every room in cluster mode: each request becomes a task on this
-/// thread (the sends of one turn are batched per core first).
-struct ClusterOwner {
-    bus: Rc<Bus>,
-    publishes: Vec<Vec<PublishRequest>>,
-}
-
-impl RoomOwner for ClusterOwner {
-    fn publish(&mut self, req: PublishRequest) {
-        self.publishes[req.reply.core].push(req);
-    }
-
-    fn join(&mut self, room: Name, subscribe: bool, reply: ReplyTo) {
-        tokio::task::spawn_local(Bus::join(self.bus.clone(), room, subscribe, reply));
-    }
-
-    fn fetch(&mut self, req: FetchRequest) {
-        tokio::task::spawn_local(Bus::fetch(self.bus.clone(), req));
-    }
-
-    fn subscribe(&mut self, channel: Channel, core: CoreId) {
-        match channel {
-            Channel::User(user) => self.bus.subscribe_user(user, core),
-            // A room's channel is subscribed by the join or resume that needs it.
-            Channel::Room(room) => tracing::error!(%room, "room subscribe outside a join"),
-        }
-    }
-
-    fn unsubscribe(&mut self, channel: Channel, core: CoreId) {
-        self.bus.unsubscribe(channel, core);
-    }
-
-    fn forward_to_user(&mut self, user: Name, _room: Name, _seq: u64, _frame: Bytes) {
-        // Direct messages reach a user's nodes through the user's Redis channel.
-        tracing::error!(%user, "forward_to_user on the cluster bus");
     }
 }
 

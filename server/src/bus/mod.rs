@@ -13,5 +13,6 @@ pub mod dedupe;
 pub mod memory;
 pub mod owner;
 pub mod redis;
+pub mod redis_presence;
 pub mod replication;
 pub mod slot;

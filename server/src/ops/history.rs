@@ -26,6 +26,7 @@ pub fn apply(
         room,
         CoreMsg::Fetch(FetchRequest {
             room: room.into(),
+            user: core.conns[&conn].user.clone(),
             kind,
             subscribe: false,
             reply,

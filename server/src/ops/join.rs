@@ -1,8 +1,9 @@
 //! `join`: become a member of a room.
 //!
-//! Wire: `{"type":"join","room":R}` -> `{"type":"joined","room":R,"seq":S}`.
+//! Wire: `{"type":"join","room":R}` -> `{"type":"joined","room":R,"seq":S,"read":P}`.
 //!
-//! `S` is the room's latest seq (0 if none) when the owner serves the request. From then on the
+//! `S` is the room's latest seq (0 if none) when the owner serves the request, `P` the user's
+//! read pointer in the room (v1.1; 0 if none), so that `S - P` messages are unread. From then on the
 //! connection receives every `msg` of the room with seq > `S`, live, in order; none comes before
 //! the `joined` reply. Joining a room again only reports the latest seq. A direct-message room
 //! can be "joined" by its two users (they are members anyway); anyone else gets `forbidden`.
@@ -30,6 +31,7 @@ pub fn apply(core: &mut Core, conn: ConnId, room: &str) -> Result<(), RequestErr
         &room.clone(),
         CoreMsg::Join {
             room,
+            user: core.conns[&conn].user.clone(),
             subscribe,
             reply,
         },

@@ -6,8 +6,11 @@ mod dm;
 mod history;
 mod join;
 mod leave;
+mod presence;
+mod read;
 mod resume;
 mod send;
+mod typing;
 
 use crate::core::Core;
 use crate::messages::ConnId;
@@ -33,7 +36,23 @@ pub fn apply(core: &mut Core, conn: ConnId, op: ClientOp<'_>) -> Result<(), Requ
             limit,
         } => history::apply(core, conn, room, before, limit),
         ClientOp::Resume { room, after } => resume::apply(core, conn, room, after),
+        ClientOp::Presence { room } => presence::apply(core, conn, room),
+        ClientOp::Typing { room } => typing::apply(core, conn, room),
+        ClientOp::Read { room, seq } => read::apply(core, conn, room, seq),
     }
+}
+
+/// Whether `conn` may act in `room` as a member: joined, or one of its two direct-message
+/// users (`not_joined` / `forbidden` otherwise).
+fn member_of(core: &Core, conn: ConnId, room: &str) -> Result<(), RequestError> {
+    let c = &core.conns[&conn];
+    if is_own_dm(room, &c.user)? || c.rooms.contains_key(room) {
+        return Ok(());
+    }
+    Err(RequestError::new(
+        ErrorCode::NotJoined,
+        format!("join {room:?} first"),
+    ))
 }
 
 /// `join`, `history` and `resume` read a room's state (in cluster mode Redis, PostgreSQL):

@@ -1,7 +1,8 @@
 //! `resume`: join a room and catch up from a known seq.
 //!
 //! Wire: `{"type":"resume","room":R,"after":A}` -> every `msg` of the room with seq > `A`, in
-//! order, then `{"type":"resumed","room":R,"seq":S,"complete":B}`; live messages with seq > `S`
+//! order, then `{"type":"resumed","room":R,"seq":S,"read":P,"complete":B}` (`P`: the user's
+//! read pointer, v1.1); live messages with seq > `S`
 //! follow with no gap and no duplicate.
 //!
 //! `complete` is false when some messages after `A` are no longer held (evicted from the recent
@@ -30,6 +31,7 @@ pub fn apply(core: &mut Core, conn: ConnId, room: &str, after: u64) -> Result<()
         let c = core.conns.get_mut(&conn).unwrap();
         let member = Member {
             io: c.io.clone(),
+            user: c.user.clone(),
             ticket: reply.ticket,
             state: MemberState::Waiting(Vec::new()),
         };
@@ -46,6 +48,7 @@ pub fn apply(core: &mut Core, conn: ConnId, room: &str, after: u64) -> Result<()
         &room.clone(),
         CoreMsg::Fetch(FetchRequest {
             room,
+            user: core.conns[&conn].user.clone(),
             kind,
             subscribe,
             reply,

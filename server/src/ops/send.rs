@@ -14,7 +14,7 @@ use crate::core::Core;
 use crate::messages::PublishRequest;
 use crate::messages::{ConnId, CoreMsg, Name};
 use chat_wire::protocol::{dm_members, ErrorCode, RequestError};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 pub fn apply(
     core: &mut Core,
@@ -69,9 +69,7 @@ pub fn publish(
     }
     let from = c.user.clone();
     let reply = core.ticket(conn, Some(now));
-    let ts = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
+    let ts = crate::messages::now_ms();
     let req = PublishRequest {
         room: room.clone(),
         from,

@@ -1,4 +1,5 @@
-//! PostgreSQL, read side: messages older than the Redis cache holds.
+//! PostgreSQL: messages older than the Redis cache holds (read side), and read pointers (v1.1,
+//! read and written here).
 //!
 //! The persister writes the `messages` table (see `persister/`); the server only reads it, on
 //! the bus thread, when `history` or `resume` reach past the room's recent cache. Rows are
@@ -119,6 +120,36 @@ impl PgStore {
             .query(
                 "SELECT coalesce(max(seq), 0) FROM messages WHERE room = $1",
                 &[&room],
+            )
+            .await?;
+        Ok(rows.first().map_or(0, |r| r.get::<_, i64>(0).max(0) as u64))
+    }
+}
+
+impl PgStore {
+    /// `user`'s read pointer in `room` (0 if none). The table is the persister's
+    /// (`read_pointers`, migration 3).
+    pub async fn read_pointer(&self, room: &str, user: &str) -> Result<u64, String> {
+        let rows = self
+            .query(
+                "SELECT seq FROM read_pointers WHERE room = $1 AND user_id = $2",
+                &[&room, &user],
+            )
+            .await?;
+        Ok(rows.first().map_or(0, |r| r.get::<_, i64>(0).max(0) as u64))
+    }
+
+    /// Moves `user`'s read pointer in `room` up to `seq` (never down); returns the pointer
+    /// now stored, durable once this returns.
+    pub async fn save_read_pointer(&self, room: &str, user: &str, seq: u64) -> Result<u64, String> {
+        let seq = seq.min(i64::MAX as u64) as i64;
+        let rows = self
+            .query(
+                "INSERT INTO read_pointers (room, user_id, seq) VALUES ($1, $2, $3)
+                 ON CONFLICT (room, user_id) DO UPDATE
+                   SET seq = GREATEST(read_pointers.seq, EXCLUDED.seq), updated_at = now()
+                 RETURNING seq",
+                &[&room, &user, &seq],
             )
             .await?;
         Ok(rows.first().map_or(0, |r| r.get::<_, i64>(0).max(0) as u64))

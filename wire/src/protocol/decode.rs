@@ -37,6 +37,19 @@ pub enum ClientOp<'a> {
         room: &'a str,
         after: u64,
     },
+    /// v1.1: who is in the room.
+    Presence {
+        room: &'a str,
+    },
+    /// v1.1: "I am typing", for the other members.
+    Typing {
+        room: &'a str,
+    },
+    /// v1.1: the user's read pointer for the room moves up to `seq`.
+    Read {
+        room: &'a str,
+        seq: u64,
+    },
 }
 
 /// Decodes client requests, reusing `simd-json`'s buffers and tape between calls.
@@ -142,6 +155,19 @@ fn decode_value<'a>(v: TapeValue<'_, 'a>, max_body: usize) -> Result<ClientOp<'a
                 .opt_u64("after")?
                 .ok_or_else(|| fields.err(ErrorCode::BadRequest, "missing field `after`"))?;
             ClientOp::Resume { room, after }
+        }
+        "presence" => ClientOp::Presence {
+            room: fields.room("room")?,
+        },
+        "typing" => ClientOp::Typing {
+            room: fields.room("room")?,
+        },
+        "read" => {
+            let room = fields.room("room")?;
+            let seq = fields
+                .opt_u64("seq")?
+                .ok_or_else(|| fields.err(ErrorCode::BadRequest, "missing field `seq`"))?;
+            ClientOp::Read { room, seq }
         }
         other => {
             return Err(fields.err(ErrorCode::BadRequest, format!("unknown type {other:?}")));

@@ -64,6 +64,21 @@ fn decodes_every_request_type() {
             after: 0
         })
     );
+    assert_eq!(
+        decode(r#"{"type":"presence","room":"a"}"#),
+        Ok(ClientOp::Presence { room: "a" })
+    );
+    assert_eq!(
+        decode(r#"{"type":"typing","room":"a"}"#),
+        Ok(ClientOp::Typing { room: "a" })
+    );
+    assert_eq!(
+        decode(r#"{"type":"read","room":"a","seq":7}"#),
+        Ok(ClientOp::Read { room: "a", seq: 7 })
+    );
+    assert!(decode(r#"{"type":"read","room":"a"}"#).is_err());
+    assert!(decode(r#"{"type":"read","room":"a","seq":-1}"#).is_err());
+    assert!(decode(r#"{"type":"typing"}"#).is_err());
 }
 
 #[test]
@@ -319,16 +334,16 @@ fn replies_are_valid_json() {
         serde_json::json!({"type":"ack","cid":"c","room":"r","seq":3,"id":"i"})
     );
     assert_eq!(
-        json(&reply::joined("r", 0)),
-        serde_json::json!({"type":"joined","room":"r","seq":0})
+        json(&reply::joined("r", 0, 0)),
+        serde_json::json!({"type":"joined","room":"r","seq":0,"read":0})
     );
     assert_eq!(
         json(&reply::left("r")),
         serde_json::json!({"type":"left","room":"r"})
     );
     assert_eq!(
-        json(&reply::resumed("r", 9, false)),
-        serde_json::json!({"type":"resumed","room":"r","seq":9,"complete":false})
+        json(&reply::resumed("r", 9, 4, false)),
+        serde_json::json!({"type":"resumed","room":"r","seq":9,"read":4,"complete":false})
     );
     let m1 = Msg {
         room: "r",
@@ -356,6 +371,33 @@ fn replies_are_valid_json() {
     assert_eq!(
         json(&reply::history("r", std::iter::empty::<&[u8]>()))["messages"],
         serde_json::json!([])
+    );
+    assert_eq!(
+        json(&reply::online("r", "u\"1")),
+        serde_json::json!({"type":"online","room":"r","user":"u\"1"})
+    );
+    assert_eq!(
+        json(&reply::offline("r", "u")),
+        serde_json::json!({"type":"offline","room":"r","user":"u"})
+    );
+    assert_eq!(
+        json(&reply::typing("r", "u")),
+        serde_json::json!({"type":"typing","room":"r","from":"u"})
+    );
+    assert_eq!(
+        json(&reply::read("r", 12)),
+        serde_json::json!({"type":"read","room":"r","seq":12})
+    );
+    assert_eq!(
+        json(&reply::presence("r", 2, ["a", "b"])),
+        serde_json::json!({"type":"presence","room":"r","count":2,"users":["a","b"]})
+    );
+    let many: Vec<String> = (0..1500).map(|i| format!("u{i:04}")).collect();
+    let p = json(&reply::presence("r", 1500, many.iter().map(|u| u.as_str())));
+    assert_eq!(p["count"], 1500);
+    assert_eq!(
+        p["users"].as_array().unwrap().len(),
+        reply::MAX_PRESENCE_USERS
     );
     let e = RequestError::new(ErrorCode::NotJoined, "join first").with_cid(Some("c9"));
     assert_eq!(

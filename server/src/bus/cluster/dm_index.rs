@@ -61,12 +61,7 @@ pub fn index_writes(room: &str, seq: u64, a: &str, b: &str) -> Vec<(u16, redis::
     out
 }
 
-/// Wall-clock milliseconds since the epoch.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
+pub use crate::messages::now_ms;
 
 impl Bus {
     /// The direct messages each connected user missed: their index read, each room's cache

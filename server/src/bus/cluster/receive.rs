@@ -41,6 +41,9 @@ impl Bus {
                     return;
                 };
                 inc(&self.node.metrics.bus.pubsub_messages);
+                if self.on_event(&channel, &payload, out) {
+                    return;
+                }
                 let Some(head) = msg_head(&payload) else {
                     tracing::warn!(
                         "unparsable message on {}",

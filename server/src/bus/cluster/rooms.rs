@@ -39,7 +39,7 @@ impl Bus {
         Ok(())
     }
 
-    pub(super) async fn join(self: Rc<Self>, room: Name, subscribe: bool, to: ReplyTo) {
+    pub(super) async fn join(self: Rc<Self>, room: Name, user: Name, subscribe: bool, to: ReplyTo) {
         if subscribe {
             if let Err(e) = self.subscribe_room(&room, to.core).await {
                 tracing::warn!(%room, error = %e, "SUBSCRIBE failed");
@@ -54,7 +54,8 @@ impl Bus {
                 if subscribe {
                     self.state.borrow_mut().seed_last(&room, seq);
                 }
-                self.reply(to, Reply::joined(room, seq));
+                let read = self.read_pointer(&room, &user).await;
+                self.reply(to, Reply::joined(room, seq, read));
             }
             other => {
                 tracing::warn!(%room, ?other, "join failed");
@@ -66,6 +67,7 @@ impl Bus {
     pub(super) async fn fetch(self: Rc<Self>, req: FetchRequest) {
         let FetchRequest {
             room,
+            user,
             kind,
             subscribe,
             reply: to,
@@ -180,7 +182,8 @@ impl Bus {
                             self.state.borrow_mut().seed_last(&room, latest);
                         }
                         let frames = msgs.iter().map(|m| encode_frame(OpCode::Text, m)).collect();
-                        self.reply(to, Reply::resumed(room, latest, frames, complete));
+                        let read = self.read_pointer(&room, &user).await;
+                        self.reply(to, Reply::resumed(room, latest, read, frames, complete));
                     }
                     other => {
                         tracing::warn!(%room, ?other, "resume failed");
@@ -203,6 +206,7 @@ impl Bus {
             first
         };
         if first {
+            self.user_changed(user.clone());
             let bus = self.clone();
             tokio::task::spawn_local(async move {
                 if let Err(e) = bus.redis().subscribe_user(&keys::user_channel(&user)).await {
@@ -242,6 +246,9 @@ impl Bus {
             },
         };
         drop(st);
+        if let (true, Channel::User(user)) = (gone, &channel) {
+            self.user_changed(user.clone());
+        }
         if gone {
             let bus = self.clone();
             tokio::task::spawn_local(async move {

@@ -7,6 +7,10 @@
 //! that has members. This is the same job Redis does for a cluster (seq + recent cache + publish
 //! in one step); keeping the shapes alike keeps the core code the same in both modes.
 
+mod presence;
+
+pub use presence::COALESCE_ABOVE;
+
 use super::dedupe::DedupeWindow;
 use super::owner::{reply_msg, RoomOwner};
 use crate::fanout::{user_owner, Outbox};
@@ -108,6 +112,8 @@ pub struct RoomShard {
     next_id: u64,
     /// Where answers and deliveries go (the core's outbox, flushed after each turn).
     out: Rc<Outbox>,
+    /// Presence, typing and read pointers of the rooms (v1.1, `presence.rs`).
+    social: presence::Social,
 }
 
 impl RoomShard {
@@ -131,6 +137,7 @@ impl RoomShard {
             id_prefix: format!("{node_id:016x}-{core:x}-"),
             next_id: 0,
             cfg,
+            social: presence::Social::default(),
         }
     }
 
@@ -262,7 +269,7 @@ impl RoomOwner for RoomShard {
         self.publish_one(req);
     }
 
-    fn join(&mut self, room: Name, subscribe: bool, reply: ReplyTo) {
+    fn join(&mut self, room: Name, user: Name, subscribe: bool, reply: ReplyTo) {
         // A room nobody subscribes to and nobody wrote to is not kept (see `free`).
         let seq = match (subscribe, self.rooms.get(&room)) {
             (false, None) => 0,
@@ -274,27 +281,30 @@ impl RoomOwner for RoomShard {
                 state.seq
             }
         };
+        let read = self.social.read_pointer(&room, &user);
         self.out
-            .push(reply.core, reply_msg(reply, Reply::joined(room, seq)));
+            .push(reply.core, reply_msg(reply, Reply::joined(room, seq, read)));
     }
 
     fn fetch(&mut self, req: FetchRequest) {
         let FetchRequest {
             room,
+            user,
             kind,
             subscribe,
             reply,
             ..
         } = req;
+        let read = self.social.read_pointer(&room, &user);
         // Everything is in memory: the frames are shared, so the whole reply goes at once.
         let answer = match (subscribe, self.rooms.get(&room)) {
-            (false, None) => fetch(&room, &RoomState::default(), kind),
+            (false, None) => fetch(&room, &RoomState::default(), kind, read),
             _ => {
                 let state = self.room(&room);
                 if subscribe {
                     state.subscribers.insert(reply.core);
                 }
-                fetch(&room, state, kind)
+                fetch(&room, state, kind, read)
             }
         };
         self.out.push(reply.core, reply_msg(reply, answer));
@@ -339,6 +349,30 @@ impl RoomOwner for RoomShard {
                 self.out.push(core, deliver);
             }
         }
+    }
+
+    fn presence_change(&mut self, room: Name, user: Name, came: bool) {
+        self.presence_changed(room, user, came);
+    }
+
+    fn presence(&mut self, room: Name, reply: ReplyTo) {
+        self.answer_presence(room, reply);
+    }
+
+    fn dm_presence(&mut self, room: Name, asker: Name, other: Name, reply: ReplyTo) {
+        self.answer_dm_presence(room, asker, other, reply);
+    }
+
+    fn typing(&mut self, room: Name, user: Name) {
+        self.typed(room, user, crate::messages::now_ms());
+    }
+
+    fn read(&mut self, room: Name, user: Name, seq: u64, reply: ReplyTo) {
+        self.advance_read(room, user, seq, reply);
+    }
+
+    fn to_user(&mut self, user: Name, frame: Bytes, except: Option<ReplyTo>) {
+        self.relay_to_user(user, frame, except);
     }
 }
 
@@ -389,7 +423,7 @@ pub fn shrink_if_sparse<K: Eq + std::hash::Hash, V>(map: &mut AHashMap<K, V>) {
     }
 }
 
-fn fetch(room: &Name, state: &RoomState, kind: FetchKind) -> Reply {
+fn fetch(room: &Name, state: &RoomState, kind: FetchKind, read: u64) -> Reply {
     match kind {
         FetchKind::History { before, limit } => {
             let before = before.unwrap_or(u64::MAX);
@@ -416,7 +450,7 @@ fn fetch(room: &Name, state: &RoomState, kind: FetchKind) -> Reply {
                 Some(first) => first == after + 1,
                 None => after >= state.seq,
             };
-            Reply::resumed(room.clone(), state.seq, messages, complete)
+            Reply::resumed(room.clone(), state.seq, read, messages, complete)
         }
     }
 }

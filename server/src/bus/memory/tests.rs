@@ -34,16 +34,28 @@ impl Harness {
 
     /// Handles `msg` and returns the replies it produced.
     fn call(&mut self, msg: CoreMsg) -> Vec<Reply> {
-        self.shard.handle(msg).unwrap();
-        self.out.flush();
-        let mut replies = Vec::new();
-        while let Some(batch) = self.boxes[0].try_recv() {
-            replies.extend(batch.into_iter().filter_map(|m| match m {
+        let all = self.call_all(msg);
+        all.into_iter()
+            .filter_map(|m| match m {
                 CoreMsg::Reply { reply, .. } => Some(reply),
                 _ => None,
-            }));
+            })
+            .collect()
+    }
+
+    /// Handles `msg` and returns everything it sent.
+    fn call_all(&mut self, msg: CoreMsg) -> Vec<CoreMsg> {
+        self.shard.handle(msg).unwrap();
+        self.drain()
+    }
+
+    fn drain(&mut self) -> Vec<CoreMsg> {
+        self.out.flush();
+        let mut all = Vec::new();
+        while let Some(batch) = self.boxes[0].try_recv() {
+            all.extend(batch);
         }
-        replies
+        all
     }
 
     fn publish(&mut self, cid: &str, ts: u64) -> serde_json::Value {
@@ -84,6 +96,7 @@ impl Harness {
         match self
             .call(CoreMsg::Fetch(FetchRequest {
                 room: room.into(),
+                user: "u".into(),
                 kind,
                 subscribe: false,
                 reply,
@@ -156,6 +169,7 @@ fn rooms_that_hold_nothing_are_not_kept() {
         let kind = FetchKind::Resume { after: 0 };
         let answer = h.call(CoreMsg::Fetch(FetchRequest {
             room: room.into(),
+            user: "u".into(),
             kind,
             subscribe: false,
             reply: reply(i as u64),
@@ -167,6 +181,7 @@ fn rooms_that_hold_nothing_are_not_kept() {
 
     let join = |room: &str, subscribe| CoreMsg::Join {
         room: room.into(),
+        user: "u".into(),
         subscribe,
         reply: reply(9),
     };
@@ -188,6 +203,174 @@ fn rooms_that_hold_nothing_are_not_kept() {
     h.call(leave("r"));
     assert_eq!(h.shard.rooms(), 1, "a room with messages keeps its seq");
     assert_eq!(h.publish("y", 2)["seq"], 2, "and its seq continues");
+}
+
+/// The JSON of every event frame in `msgs` (`CoreMsg::Event`s), in order.
+fn events(msgs: &[CoreMsg]) -> Vec<serde_json::Value> {
+    msgs.iter()
+        .filter_map(|m| match m {
+            CoreMsg::Event { frame, .. } => {
+                Some(serde_json::from_slice(&payload_of(frame)).unwrap())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// The JSON of the first frame of every reply in `msgs`.
+fn replies(msgs: &[CoreMsg]) -> Vec<serde_json::Value> {
+    msgs.iter()
+        .filter_map(|m| match m {
+            CoreMsg::Reply {
+                reply: Reply::Frames(f) | Reply::Start { frames: f, .. },
+                ..
+            } => Some(serde_json::from_slice(&payload_of(&f[0])).unwrap()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn to(ticket: u64) -> ReplyTo {
+    ReplyTo {
+        core: 0,
+        conn: 1,
+        ticket,
+    }
+}
+
+#[test]
+fn presence_is_per_user_not_per_connection() {
+    let mut h = Harness::new(10);
+    let change = |user: &str, came| CoreMsg::PresenceChange {
+        room: "r".into(),
+        user: user.into(),
+        came,
+    };
+    h.call(CoreMsg::Subscribe {
+        channel: Channel::Room("r".into()),
+        core: 0,
+    });
+    let ev = events(&h.call_all(change("ann", true)));
+    assert_eq!(
+        ev,
+        [serde_json::json!({"type":"online","room":"r","user":"ann"})]
+    );
+    assert!(
+        events(&h.call_all(change("ann", true))).is_empty(),
+        "second connection: no event"
+    );
+    h.call_all(change("bob", true));
+    let p = replies(&h.call_all(CoreMsg::Presence {
+        room: "r".into(),
+        reply: to(1),
+    }));
+    assert_eq!(
+        p[0],
+        serde_json::json!({"type":"presence","room":"r","count":2,"users":["ann","bob"]})
+    );
+    assert!(
+        events(&h.call_all(change("ann", false))).is_empty(),
+        "one connection left"
+    );
+    let ev = events(&h.call_all(change("ann", false)));
+    assert_eq!(
+        ev,
+        [serde_json::json!({"type":"offline","room":"r","user":"ann"})]
+    );
+}
+
+#[test]
+fn joins_of_a_large_room_are_coalesced_into_one_presence_frame_a_second() {
+    let mut h = Harness::new(10);
+    h.call(CoreMsg::Subscribe {
+        channel: Channel::Room("big".into()),
+        core: 0,
+    });
+    let mut single = 0;
+    for i in 0..COALESCE_ABOVE + 500 {
+        let came = CoreMsg::PresenceChange {
+            room: "big".into(),
+            user: format!("u{i:05}").into(),
+            came: true,
+        };
+        single += events(&h.call_all(came)).len();
+    }
+    assert_eq!(
+        single, COALESCE_ABOVE,
+        "single events only up to the threshold"
+    );
+    h.shard.tick(0);
+    let ev = events(&h.drain());
+    assert_eq!(ev.len(), 1, "then one frame for the 500 others");
+    assert_eq!(ev[0]["type"], "presence");
+    assert_eq!(ev[0]["count"], COALESCE_ABOVE + 500);
+    assert_eq!(ev[0]["users"].as_array().unwrap().len(), 1000);
+    h.shard.tick(1000);
+    assert!(
+        events(&h.drain()).is_empty(),
+        "nothing when nothing changed"
+    );
+}
+
+#[test]
+fn typing_goes_to_the_others_at_most_once_a_second() {
+    let mut h = Harness::new(10);
+    h.call(CoreMsg::Subscribe {
+        channel: Channel::Room("r".into()),
+        core: 0,
+    });
+    let typing = || CoreMsg::Typing {
+        room: "r".into(),
+        user: "ann".into(),
+    };
+    let sent = h.call_all(typing());
+    match &sent[..] {
+        [CoreMsg::Event { except_user, .. }] => assert_eq!(except_user.as_deref(), Some("ann")),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        events(&sent)[0],
+        serde_json::json!({"type":"typing","room":"r","from":"ann"})
+    );
+    assert!(
+        h.call_all(typing()).is_empty(),
+        "within the second: dropped"
+    );
+    assert_eq!(h.shard.rooms(), 1);
+    assert_eq!(h.shard.social.typing.len(), 1);
+    h.shard.tick(u64::MAX / 2);
+    assert!(h.shard.social.typing.is_empty(), "old marks forgotten");
+}
+
+#[test]
+fn read_pointers_only_go_up_and_come_back_in_joined() {
+    let mut h = Harness::new(10);
+    for i in 0..5 {
+        h.publish(&format!("c{i}"), i);
+    }
+    let read = |seq, ticket| CoreMsg::Read {
+        room: "r".into(),
+        user: "u".into(),
+        seq,
+        reply: to(ticket),
+    };
+    assert_eq!(
+        replies(&h.call_all(read(3, 1)))[0],
+        serde_json::json!({"type":"read","room":"r","seq":3})
+    );
+    assert_eq!(replies(&h.call_all(read(2, 2)))[0]["seq"], 3, "never back");
+    let past = replies(&h.call_all(read(6, 3)));
+    assert_eq!(past[0]["code"], "bad_request", "past the latest seq");
+    let joined = replies(&h.call_all(CoreMsg::Join {
+        room: "r".into(),
+        user: "u".into(),
+        subscribe: false,
+        reply: to(4),
+    }));
+    assert_eq!(
+        joined[0],
+        serde_json::json!({"type":"joined","room":"r","seq":5,"read":3})
+    );
 }
 
 #[test]
