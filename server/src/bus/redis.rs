@@ -12,6 +12,7 @@
 //! | `chat:{R}:ch` | the room's channel (sharded pub/sub on a cluster) |
 //! | `chat:u:{U}` | user U's channel: direct messages (plain pub/sub, which a cluster broadcasts) |
 //! | `chat:u:{U}:dms` | user U's direct-message rooms: hash room -> latest seq, TTL 1 day, for finding DMs lost with a subscription (`cluster/dm_index.rs`) |
+//! | `chat:{R}:pr`, `:pu`, `:ty:<U>`, `:read`, `chat:nodes`, `chat:node:{N}:...` | v1.1 presence, typing and read pointers: see [`super::redis_presence`] |
 //! | `chat:{T}:fence` | with `--redis-replicas`: a write that follows a read, so that `WAIT` covers what the read saw (`T`: a tag of the read's slot, [`super::replication`]) |
 //!
 //! Connections come from `redis-rs` with RESP3: its `ConnectionManager` (single server) and

@@ -74,15 +74,24 @@ impl Bus {
         keys: &[String],
         args: &[Vec<u8>],
     ) -> Option<Value> {
-        let mut cmd = redis::cmd("EVAL");
-        cmd.arg(lua).arg(keys.len());
-        keys.iter().for_each(|k| {
-            cmd.arg(k);
-        });
-        args.iter().for_each(|a| {
-            cmd.arg(&a[..]);
-        });
-        match self.run_retrying(&[(key_slot(&keys[0]), cmd)]).await {
+        let slot = key_slot(&keys[0]);
+        let sha = redis::Script::new(lua).get_hash().to_string();
+        let by_sha = super::resp::evalsha(&sha, keys, args);
+        let mut answer = self.run_retrying(&[(slot, by_sha)]).await;
+        if matches!(&answer, Ok(v) if matches!(v.first(), Some(Err(e)) if e.code() == Some("NOSCRIPT")))
+        {
+            // Redis does not have it (yet, or any more): the text once, which caches it.
+            let mut cmd = redis::cmd("EVAL");
+            cmd.arg(lua).arg(keys.len());
+            keys.iter().for_each(|k| {
+                cmd.arg(k);
+            });
+            args.iter().for_each(|a| {
+                cmd.arg(&a[..]);
+            });
+            answer = self.run_retrying(&[(slot, cmd)]).await;
+        }
+        match answer {
             Ok(mut v) => match v.pop() {
                 Some(Ok(v)) => Some(v),
                 Some(Err(e)) => {
@@ -100,6 +109,13 @@ impl Bus {
 
     /// Starts the presence task and the heartbeat (from `run`).
     pub(super) fn start_social(self: &Rc<Self>) {
+        let bus = self.clone();
+        tokio::task::spawn_local(async move {
+            // So that the first steps find their script (a NOSCRIPT also loads it later).
+            if let Err(e) = bus.redis().load_script(pkeys::PRESENCE_LUA).await {
+                tracing::warn!(error = %e, "SCRIPT LOAD of the presence step failed");
+            }
+        });
         let (tx, rx) = mpsc::unbounded_channel();
         self.social.borrow_mut().queue = Some(tx);
         tokio::task::spawn_local(self.clone().presence_task(rx));
@@ -139,33 +155,78 @@ impl Bus {
         self.queue(Step::User(user));
     }
 
+    /// Runs the queued steps: everything queued since the last round trip goes as one
+    /// pipeline, in order (each step reads the node's state when it is built, and is
+    /// idempotent, so a retried or merged batch ends where the node's state says).
     async fn presence_task(self: Rc<Self>, mut steps: mpsc::UnboundedReceiver<Step>) {
         let node = self.node_hex();
-        while let Some(step) = steps.recv().await {
-            match step {
-                Step::Room(room, user) => self.room_step(&node, &room, &user).await,
-                Step::User(user) => {
-                    let here = self.state.borrow().users.contains_key(&user);
-                    let mut cmd = redis::cmd(if here { "SADD" } else { "SREM" });
-                    let key = pkeys::node_users_key(&node);
-                    cmd.arg(&key).arg(&user[..]);
-                    let _ = self.run_retrying(&[(key_slot(&key), cmd)]).await;
+        let sha = redis::Script::new(pkeys::PRESENCE_LUA)
+            .get_hash()
+            .to_string();
+        while let Some(first) = steps.recv().await {
+            let mut batch = vec![first];
+            while let Ok(more) = steps.try_recv() {
+                batch.push(more);
+            }
+            let mut cmds = Vec::with_capacity(batch.len() * 2);
+            let mut rooms = Vec::new();
+            for step in batch {
+                match step {
+                    Step::Room(room, user) => {
+                        let step = self.room_step(&node, &sha, &room, &user);
+                        rooms.push((room.clone(), cmds.len() + step.len() - 1));
+                        cmds.extend(step);
+                    }
+                    Step::User(user) => {
+                        let here = self.state.borrow().users.contains_key(&user);
+                        let mut cmd = redis::cmd(if here { "SADD" } else { "SREM" });
+                        let key = pkeys::node_users_key(&node);
+                        cmd.arg(&key).arg(&user[..]);
+                        cmds.push((key_slot(&key), cmd));
+                    }
+                }
+            }
+            let answers = match self.run_retrying(&cmds).await {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, steps = cmds.len(), "presence steps failed");
+                    continue;
+                }
+            };
+            if answers
+                .iter()
+                .any(|a| matches!(a, Err(e) if e.code() == Some("NOSCRIPT")))
+            {
+                // Redis restarted and forgot the script: load it, and run the batch again.
+                let _ = self.redis().load_script(pkeys::PRESENCE_LUA).await;
+                let _ = self.run_retrying(&cmds).await;
+                continue;
+            }
+            for (room, at) in rooms {
+                if let Some(Ok(Value::Array(r))) = answers.get(at) {
+                    let (changed, n) = (value_u64(&r[0]), value_u64(&r[1]) as usize);
+                    if changed == 1 && n >= COALESCE_ABOVE {
+                        self.social.borrow_mut().coalesced.insert(room);
+                    }
                 }
             }
         }
     }
 
-    async fn room_step(&self, node: &str, room: &Name, user: &Name) {
+    /// The commands of one room step: `SADD` of the room to this node's rooms when the user
+    /// came, then the presence script (always last).
+    fn room_step(&self, node: &str, sha: &str, room: &Name, user: &Name) -> Vec<(u16, redis::Cmd)> {
         let here = self
             .social
             .borrow()
             .present
             .contains_key(&(room.clone(), user.clone()));
+        let mut cmds = Vec::with_capacity(2);
         if here {
-            let key = pkeys::node_rooms_key(node);
+            let rooms_key = pkeys::node_rooms_key(node);
             let mut sadd = redis::cmd("SADD");
-            sadd.arg(&key).arg(&room[..]);
-            let _ = self.run_retrying(&[(key_slot(&key), sadd)]).await;
+            sadd.arg(&rooms_key).arg(&room[..]);
+            cmds.push((key_slot(&rooms_key), sadd));
         }
         let event = if here {
             reply::online(room, user)
@@ -185,12 +246,8 @@ impl Bus {
             pkeys::present_nodes_key(room),
             pkeys::present_users_key(room),
         ];
-        if let Some(Value::Array(r)) = self.eval_text(pkeys::PRESENCE_LUA, &keys, &args).await {
-            let (changed, n) = (value_u64(&r[0]), value_u64(&r[1]) as usize);
-            if changed == 1 && n >= COALESCE_ABOVE {
-                self.social.borrow_mut().coalesced.insert(room.clone());
-            }
-        }
+        cmds.push((key_slot(&keys[0]), super::resp::evalsha(sha, &keys, &args)));
+        cmds
     }
 
     /// Heartbeat, reaping of dead nodes, coalesced presence: once a second, the heartbeat
