@@ -8,7 +8,7 @@
 //!
 //! Members also get, unasked, `{"type":"online","room":R,"user":U}` when a user's first
 //! connection joins and `{"type":"offline",...}` when the last one leaves or closes (in rooms
-//! with more than 1000 present users: one `presence` frame a second instead, see
+//! with more than 1000 present users: one `presence` event with the count only, a second, see
 //! `bus/memory/presence.rs`).
 
 use crate::core::Core;

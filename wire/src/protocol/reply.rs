@@ -159,3 +159,16 @@ pub fn presence<'u>(room: &str, count: usize, users: impl IntoIterator<Item = &'
         out.put_slice(b"]}");
     })
 }
+
+/// `{"type":"presence","room":R,"count":N}` (v1.1, no `users`): the coalesced event of a large
+/// room, once a second while its presence changes; a client that wants the list asks
+/// `presence`. Small, so that a 100,000-member room's churn does not flood its members.
+pub fn presence_count(room: &str, count: usize) -> Bytes {
+    encode_text_with(48 + room.len(), |out| {
+        out.put_slice(b"{\"type\":\"presence\",\"room\":");
+        put_json_str(out, room);
+        out.put_slice(b",\"count\":");
+        put_u64(out, count as u64);
+        out.put_u8(b'}');
+    })
+}

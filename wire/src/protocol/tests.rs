@@ -392,6 +392,10 @@ fn replies_are_valid_json() {
         json(&reply::presence("r", 2, ["a", "b"])),
         serde_json::json!({"type":"presence","room":"r","count":2,"users":["a","b"]})
     );
+    assert_eq!(
+        json(&reply::presence_count("r", 7)),
+        serde_json::json!({"type":"presence","room":"r","count":7})
+    );
     let many: Vec<String> = (0..1500).map(|i| format!("u{i:04}")).collect();
     let p = json(&reply::presence("r", 1500, many.iter().map(|u| u.as_str())));
     assert_eq!(p["count"], 1500);

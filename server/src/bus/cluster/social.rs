@@ -394,10 +394,17 @@ impl Bus {
     }
 
     async fn publish_presence(&self, room: &Name) {
-        let Some(users) = self.present_users(room).await else {
-            return;
+        let key = pkeys::present_users_key(room);
+        let mut hlen = redis::cmd("HLEN");
+        hlen.arg(&key);
+        let count = match self.run_retrying(&[(key_slot(&key), hlen)]).await {
+            Ok(mut v) => match v.pop() {
+                Some(Ok(n)) => value_u64(&n) as usize,
+                _ => return,
+            },
+            Err(_) => return,
         };
-        let frame = reply::presence(room, users.len(), users.iter().map(|u| u.as_str()));
+        let frame = reply::presence_count(room, count);
         let channel = keys::room_channel(room);
         let mut cmd = redis::cmd(if self.redis().is_cluster() {
             "SPUBLISH"

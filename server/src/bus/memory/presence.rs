@@ -6,9 +6,10 @@
 //! members of the room (cores report every member made or gone, `CoreMsg::PresenceChange`) and
 //! sends `online` when the first one comes and `offline` when the last one goes. In a room with
 //! more than [`COALESCE_ABOVE`] present users, single events stop: a join or leave there only
-//! marks the room, and once a second every member gets one `presence` frame (count and the first
-//! 1000 users) instead, so a 100,000-member room's churn costs each member one frame a second,
-//! not one per change. Read pointers standalone live only in memory, like everything else.
+//! marks the room, and once a second every member gets one small `presence` frame with the
+//! count only (`{"type":"presence","room":R,"count":N}`; the list is a `presence` request away)
+//! instead, so a 100,000-member room's churn costs each member ~50 bytes a second, not one
+//! frame per change. Read pointers standalone live only in memory, like everything else.
 
 use super::RoomShard;
 use crate::bus::owner::reply_msg;
@@ -198,7 +199,8 @@ impl RoomShard {
     /// `typing` marks.
     pub fn tick(&mut self, now_ms: u64) {
         for room in std::mem::take(&mut self.social.coalesced) {
-            let frame = self.presence_frame(&room);
+            let count = self.social.present.get(&room).map_or(0, |u| u.len());
+            let frame = reply::presence_count(&room, count);
             self.to_members(&room, frame, None);
         }
         self.social

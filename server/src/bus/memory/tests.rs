@@ -304,7 +304,7 @@ fn joins_of_a_large_room_are_coalesced_into_one_presence_frame_a_second() {
     assert_eq!(ev.len(), 1, "then one frame for the 500 others");
     assert_eq!(ev[0]["type"], "presence");
     assert_eq!(ev[0]["count"], COALESCE_ABOVE + 500);
-    assert_eq!(ev[0]["users"].as_array().unwrap().len(), 1000);
+    assert!(ev[0].get("users").is_none(), "the count only: {}", ev[0]);
     h.shard.tick(1000);
     assert!(
         events(&h.drain()).is_empty(),
