@@ -14,7 +14,10 @@ fuzz_target!(|data: &[u8]| {
             ClientOp::Join { room } | ClientOp::Leave { room } => assert!(!room.is_empty()),
             ClientOp::Send { cid, .. } | ClientOp::Dm { cid, .. } => assert!(!cid.is_empty()),
             ClientOp::History { limit, .. } => assert!((1..=100).contains(&limit)),
-            ClientOp::Resume { room, .. } => assert!(!room.is_empty()),
+            ClientOp::Resume { room, .. }
+            | ClientOp::Presence { room }
+            | ClientOp::Typing { room }
+            | ClientOp::Read { room, .. } => assert!(!room.is_empty()),
         }
     }
     let mut again = br#"{"type":"join","room":"r"}"#.to_vec();
