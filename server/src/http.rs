@@ -5,8 +5,11 @@ use crate::node::Node;
 use chat_wire::handshake::{http_response, Request};
 use chat_wire::protocol::validate_user;
 
-/// The chat page, built into the binary.
+/// The chat page, built into the binary, with its script and styles.
 const INDEX_HTML: &str = include_str!("../assets/index.html");
+const CHAT_JS: &str = include_str!("../assets/chat.js");
+const CHAT_LIVE_JS: &str = include_str!("../assets/chat-live.js");
+const CHAT_CSS: &str = include_str!("../assets/chat.css");
 
 /// What to do with a request head.
 pub enum Route {
@@ -42,6 +45,9 @@ fn page(req: &Request<'_>, node: &Node) -> Route {
             "text/html; charset=utf-8",
             INDEX_HTML.as_bytes(),
         )),
+        "/chat.js" => asset("text/javascript; charset=utf-8", CHAT_JS),
+        "/chat-live.js" => asset("text/javascript; charset=utf-8", CHAT_LIVE_JS),
+        "/chat.css" => asset("text/css; charset=utf-8", CHAT_CSS),
         "/healthz" if node.draining() => text(503, "draining\n"),
         "/healthz" => text(200, "ok\n"),
         "/metrics" => Route::Respond(http_response(
@@ -99,6 +105,11 @@ fn websocket(req: &Request<'_>, node: &Node) -> Route {
         return text(503, "connection limit reached: connect to another node\n");
     }
     Route::WebSocket { accept, user }
+}
+
+/// A built-in page asset; the same headers as the page (`http_response`: `Cache-Control: no-store`).
+fn asset(content_type: &str, body: &str) -> Route {
+    Route::Respond(http_response(200, content_type, body.as_bytes()))
 }
 
 fn text(status: u16, body: &str) -> Route {

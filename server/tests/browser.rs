@@ -6,6 +6,12 @@
 //! connection is cut (`chatDebug.drop()`), alice writes in both conversations, and after bob
 //! reconnects the page's `resume` brings both messages back, once each.
 //!
+//! PROTOCOL v1.1 on the page: bob sees alice in lobby's presence list (`#presence li[data-user]`),
+//! gone while her connection is cut and back after; bob sees "alice is typing…" (`#typing`)
+//! while she types, and it expires; messages in a room bob is not looking at count as unread
+//! (`#rooms li[data-unread]` and its `.unread` badge) until he opens it, and the read pointer
+//! comes back from the server in `joined` after a reload, so the room stays read.
+//!
 //! Needs the Debian packages `chromium` and `chromium-driver`. Without them the test prints
 //! `SKIPPED: ...` and returns, unless `CHAT_REQUIRE_BROWSER=1` (CI) makes it fail instead.
 //! `CHAT_CHROMIUM` / `CHAT_CHROMEDRIVER` override the paths `/usr/bin/chromium` and
@@ -102,6 +108,44 @@ async fn scenario(c: &Client, server: &support::Server, tabs: &mut Tabs) -> Res<
         join(c, "lobby").await?;
     }
 
+    // Presence: bob sees alice online in lobby, offline while her connection is cut, and online
+    // again once she is back.
+    c.switch_to_window(bob.clone()).await?;
+    wait_presence(c, "lobby", "alice", true).await?;
+    wait_presence(c, "lobby", "bob", true).await?;
+    c.switch_to_window(alice.clone()).await?;
+    c.execute("chatDebug.drop()", vec![]).await?;
+    c.switch_to_window(bob.clone()).await?;
+    wait_presence(c, "lobby", "alice", false).await?;
+    c.switch_to_window(alice.clone()).await?;
+    c.execute("chatDebug.reconnect()", vec![]).await?;
+    wait_status_connected(c).await?;
+    wait_joined(c, "lobby").await?;
+    c.switch_to_window(bob.clone()).await?;
+    wait_presence(c, "lobby", "alice", true).await?;
+
+    // Typing: alice types (without sending), bob sees it, and it goes away by itself.
+    c.switch_to_window(alice.clone()).await?;
+    type_into(c, "#text", "I am thinking").await?;
+    c.switch_to_window(bob.clone()).await?;
+    wait_js(
+        c,
+        "bob sees \"alice is typing\"",
+        "const t = document.getElementById('typing'); \
+         return t.dataset.users === 'alice' && t.textContent.startsWith('alice is typing')",
+        vec![],
+    )
+    .await?;
+    wait_js(
+        c,
+        "the typing notice expires",
+        "return document.getElementById('typing').textContent === ''",
+        vec![],
+    )
+    .await?;
+    c.switch_to_window(alice.clone()).await?;
+    c.find(Locator::Css("#text")).await?.clear().await?;
+
     // 1. alice -> lobby, seen by bob.
     let hello = format!("hello bob, from alice <b>{nonce}</b>");
     c.switch_to_window(alice.clone()).await?;
@@ -159,16 +203,10 @@ async fn scenario(c: &Client, server: &support::Server, tabs: &mut Tabs) -> Res<
     let missed_lobby = format!("while you were away {nonce}");
     let missed_dm = format!("and one more in private {nonce}");
     c.switch_to_window(alice.clone()).await?;
-    c.find(Locator::Css(r#"#rooms [data-room="lobby"]"#))
-        .await?
-        .click()
-        .await?;
+    open_room(c, "lobby").await?;
     type_into(c, "#text", &format!("{missed_lobby}{ENTER}")).await?;
     wait_acked(c, "lobby", &missed_lobby).await?;
-    c.find(Locator::Css(r#"#rooms [data-room="dm:alice:bob"]"#))
-        .await?
-        .click()
-        .await?;
+    open_room(c, "dm:alice:bob").await?;
     type_into(c, "#text", &format!("{missed_dm}{ENTER}")).await?;
     wait_acked(c, dm_room, &missed_dm).await?;
 
@@ -177,12 +215,13 @@ async fn scenario(c: &Client, server: &support::Server, tabs: &mut Tabs) -> Res<
     wait_status_connected(c).await?;
     let seen = wait_message(c, dm_room, &missed_dm).await?;
     check_msg(&seen, dm_room, "alice", &missed_dm)?;
-    c.find(Locator::Css(r#"#rooms [data-room="lobby"]"#))
-        .await?
-        .click()
-        .await?;
+    // bob reads the DM; the lobby message he missed counts as unread until he opens lobby.
+    wait_unread(c, "lobby", 1).await?;
+    wait_unread(c, dm_room, 0).await?;
+    open_room(c, "lobby").await?;
     let seen = wait_message(c, "lobby", &missed_lobby).await?;
     check_msg(&seen, "lobby", "alice", &missed_lobby)?;
+    wait_unread(c, "lobby", 0).await?;
 
     // Nothing twice, nothing missing: bob's lobby shows seq 1..=n once each, and his page's
     // last seq per room matches what alice's acks said.
@@ -198,6 +237,41 @@ async fn scenario(c: &Client, server: &support::Server, tabs: &mut Tabs) -> Res<
             format!("bob's last seqs are {last}, expected 2 in lobby and in {dm_room}").into(),
         );
     }
+
+    // 4. Unread counts: bob looks at the DM while alice writes twice in lobby; lobby shows 2
+    // unread until bob opens it. The read pointer is the server's: after a reload the `joined`
+    // answer brings it back and lobby stays read.
+    open_room(c, "dm:alice:bob").await?;
+    c.switch_to_window(alice.clone()).await?;
+    open_room(c, "lobby").await?;
+    for i in 1..=2 {
+        let text = format!("unread {i} {nonce}");
+        type_into(c, "#text", &format!("{text}{ENTER}")).await?;
+        wait_acked(c, "lobby", &text).await?;
+    }
+    c.switch_to_window(bob.clone()).await?;
+    wait_unread(c, "lobby", 2).await?;
+    open_room(c, "lobby").await?;
+    wait_unread(c, "lobby", 0).await?;
+    wait_js(
+        c,
+        "the server confirms bob's lobby read pointer 4",
+        "return chatState.rooms.lobby.serverRead === 4",
+        vec![],
+    )
+    .await?;
+    c.refresh().await?;
+    login(c, "bob").await?;
+    join(c, "lobby").await?;
+    wait_js(
+        c,
+        "joined brings back bob's read pointer 4",
+        "const r = chatState.rooms.lobby; return r.serverRead === 4 && r.top === 4",
+        vec![],
+    )
+    .await?;
+    wait_unread(c, "lobby", 0).await?;
+    wait_message(c, "lobby", &format!("unread 2 {nonce}")).await?;
     Ok(())
 }
 
@@ -218,6 +292,52 @@ async fn join(c: &Client, room: &str) -> Res<()> {
         "const r = chatState.rooms[arguments[0]]; \
          return !!r && r.joined && !!document.querySelector('#rooms [data-room=\"' + arguments[0] + '\"]')",
         vec![json!(room)],
+    )
+    .await
+}
+
+/// Clicks the room's entry in the conversation list.
+async fn open_room(c: &Client, room: &str) -> Res<()> {
+    let css = format!(r#"#rooms [data-room="{room}"]"#);
+    c.find(Locator::Css(&css)).await?.click().await?;
+    Ok(())
+}
+
+async fn wait_joined(c: &Client, room: &str) -> Res<()> {
+    wait_js(
+        c,
+        &format!("{room} is joined again"),
+        "const r = chatState.rooms[arguments[0]]; return !!r && r.joined",
+        vec![json!(room)],
+    )
+    .await
+}
+
+/// Waits until the presence list of the current room (`room`) does (or does not) show `user`.
+async fn wait_presence(c: &Client, room: &str, user: &str, online: bool) -> Res<()> {
+    let state = if online { "online" } else { "offline" };
+    wait_js(
+        c,
+        &format!("{user} shown {state} in {room}"),
+        "const l = document.getElementById('presence'); \
+         if (l.dataset.room !== arguments[0]) return false; \
+         return !!l.querySelector('li[data-user=\"' + arguments[1] + '\"]') === arguments[2]",
+        vec![json!(room), json!(user), json!(online)],
+    )
+    .await
+}
+
+/// Waits until the room's entry in the conversation list shows `n` unread (no badge for 0).
+async fn wait_unread(c: &Client, room: &str, n: u64) -> Res<()> {
+    wait_js(
+        c,
+        &format!("{room} shows {n} unread"),
+        "const li = document.querySelector('#rooms li[data-room=\"' + arguments[0] + '\"]'); \
+         if (!li) return false; \
+         const badge = li.querySelector('.unread').textContent; \
+         return li.dataset.unread === String(arguments[1]) && \
+                badge === (arguments[1] ? String(arguments[1]) : '')",
+        vec![json!(room), json!(n)],
     )
     .await
 }
