@@ -87,6 +87,15 @@ pub struct ConnConfig {
 }
 
 impl ConnConfig {
+    /// The buffers a scenario asks for.
+    pub fn of(s: &crate::scenario::Scenario) -> ConnConfig {
+        ConnConfig {
+            read_buffer: s.read_buffer,
+            write_buffer: s.write_buffer,
+            socket_buffer: s.socket_buffer,
+        }
+    }
+
     fn ws(&self) -> WebSocketConfig {
         WebSocketConfig::default()
             .read_buffer_size(self.read_buffer)

@@ -331,9 +331,11 @@ pub async fn run(opts: &RunOptions) -> Result<RunResult, String> {
     let mut agents = Vec::new();
     let mut first_errors = Vec::new();
     let mut acks = Vec::new();
+    let mut socials = Vec::new();
     for (i, r) in reports.into_iter().enumerate() {
         let mut r = r.ok_or_else(|| format!("{}: no report", names[i]))?;
         acks.append(&mut r.acks);
+        socials.extend(r.social.take());
         counters.add(&r.counters);
         hists.add(&r.hists.decode()?);
         if let Some(e) = &r.first_error {
@@ -436,7 +438,20 @@ pub async fn run(opts: &RunOptions) -> Result<RunResult, String> {
         ));
     }
     notes.extend(first_errors);
-    let problems = counters.problems();
+    let mut problems = counters.problems();
+    let social = if crate::social::wanted(sc) {
+        if socials.len() < n {
+            problems.push(format!(
+                "{} of {n} agents reported no social mix",
+                n - socials.len()
+            ));
+        }
+        let s = crate::social::merge(&socials)?;
+        problems.extend(s.counters.problems());
+        Some(s)
+    } else {
+        None
+    };
     let name = if sc.name.is_empty() {
         format!("run-{started_at_unix}")
     } else {
@@ -476,6 +491,7 @@ pub async fn run(opts: &RunOptions) -> Result<RunResult, String> {
         series,
         histograms: hists.to_wire(),
         acks,
+        social,
     };
     result.write(&opts.results_dir.join(&name), opts.plots)?;
     Ok(result)

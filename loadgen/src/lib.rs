@@ -16,6 +16,7 @@
 //! | [`proto`] | the protocols spoken: chat, Socket.IO, Pusher (one file each), the same scenario for all |
 //! | [`json`] | the allocation-free scanner every protocol's parser uses |
 //! | [`engine`] | one process's share of a run: shard threads, connection and sender tasks |
+//! | [`social`] | the v1.1 mix beside the messages: presence churn, typing, read pointers, verified |
 //! | [`verify`] | per room and receiver: every seq exactly once, in order |
 //! | [`stats`] | histograms and counters, their V2+DEFLATE form and exact merging, per-second ticks |
 //! | [`persist`] | sampled persistence latency: polls PostgreSQL until a message's row is there |
@@ -44,6 +45,7 @@ pub mod proto;
 pub mod report;
 pub mod scenario;
 pub mod schedule;
+pub mod social;
 pub mod stats;
 pub mod sweep;
 pub mod timer;

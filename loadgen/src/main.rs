@@ -6,7 +6,8 @@
 //! * `loadgen sweep`: raise the rate until p99 or loss says stop;
 //! * `loadgen compare A/result.json B/result.json`: side by side;
 //! * `loadgen report DIR`: redraw a result's report.md and plots from its result.json;
-//! * `loadgen flood`: closed-loop accepted-messages/s ceiling.
+//! * `loadgen flood`: closed-loop accepted-messages/s ceiling;
+//! * `loadgen presence-list`: time to list a large room's presence (v1.1).
 
 use clap::{Parser, Subcommand};
 use loadgen::coordinator::{self, RunOptions};
@@ -115,6 +116,8 @@ enum Command {
     Report { dir: PathBuf },
     /// Send as fast as acks come back and report accepted messages per second.
     Flood(flood::FloodArgs),
+    /// Fill one room with members, then time its `presence` list (v1.1); prints JSON.
+    PresenceList(loadgen::social::list::ListArgs),
 }
 
 fn main() -> ExitCode {
@@ -228,6 +231,13 @@ fn main() -> ExitCode {
                     Err(e) => fail(&e),
                 }
             }
+            Command::PresenceList(a) => match loadgen::social::list::run(&a).await {
+                Ok(r) => {
+                    println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(&e),
+            },
             Command::Flood(_) => unreachable!("handled above"),
         }
     })

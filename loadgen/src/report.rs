@@ -44,6 +44,9 @@ pub struct RunResult {
     /// Every ack received, when the scenario asks for them (`record_acks`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub acks: Vec<AckRecord>,
+    /// The v1.1 mix (presence churn, typing, read pointers), when the scenario has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub social: Option<crate::social::SocialResult>,
 }
 
 /// One `ack`: the message `cid` is durable as (`room`, `seq`).
@@ -234,6 +237,9 @@ impl RunResult {
         if let Some(us) = self.redis_cpu_us_per_delivered {
             let _ = writeln!(s, "Redis CPU: {us:.2} us per delivered message");
         }
+        if let Some(x) = &self.social {
+            s.push_str(&x.summary());
+        }
         s
     }
 
@@ -339,6 +345,9 @@ impl RunResult {
         }
         for (code, n) in &c.send_errors_by_code {
             let _ = writeln!(s, "| error `{code}` | {n} |");
+        }
+        if let Some(x) = &self.social {
+            s.push_str(&x.markdown());
         }
         let _ = writeln!(s, "\n## CPU\n");
         let _ = writeln!(s, "| process | CPU seconds | note |\n| --- | ---: | --- |");

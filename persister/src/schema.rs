@@ -29,6 +29,10 @@ use tokio_postgres::{Client, Error, GenericClient};
 /// Key of the advisory lock around migrations ("chatpers" in ASCII).
 const LOCK_KEY: i64 = 0x6368_6174_7065_7273;
 
+/// The newest migration's version; a database [`migrate`]d by this build has every version
+/// from 1 to this one, once each.
+pub const LATEST_VERSION: i32 = MIGRATIONS[MIGRATIONS.len() - 1].0;
+
 /// (version, name, SQL). Append only: a released migration is never edited.
 const MIGRATIONS: &[(i32, &str, &str)] = &[
     (

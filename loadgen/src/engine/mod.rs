@@ -36,6 +36,7 @@ use crate::cpu;
 use crate::persist;
 use crate::report::AckRecord;
 use crate::scenario::{Key, Layout, Scenario};
+use crate::social::{self, Social, SocialReport};
 use crate::stats::{Counters, Hists, HistsWire, Tick, TickMerger};
 use final_check::verify_all;
 use serde::{Deserialize, Serialize};
@@ -82,6 +83,9 @@ pub struct AgentReport {
     /// Every ack, when the scenario records them.
     #[serde(default)]
     pub acks: Vec<AckRecord>,
+    /// The v1.1 mix, when the scenario has one.
+    #[serde(default)]
+    pub social: Option<SocialReport>,
 }
 
 /// A share whose connections are open and joined, waiting for its start instant.
@@ -99,6 +103,7 @@ pub struct Prepared {
         mpsc::UnboundedSender<persist::Sample>,
         tokio::task::JoinHandle<persist::Outcome>,
     )>,
+    social: Option<Social>,
 }
 
 /// Opens and joins every connection of `share`; per-second ticks (merged over shards) go to
@@ -205,6 +210,13 @@ pub async fn prepare(share: Share, ticks: mpsc::UnboundedSender<Tick>) -> Result
             ready.first_error = r.first_error;
         }
     }
+    let social = if social::wanted(&scenario) {
+        let cfg = client::ConnConfig::of(&scenario);
+        let s = social::prepare(layout.clone(), scenario.clone(), targets, cfg).await?;
+        Some(s)
+    } else {
+        None
+    };
     ready.setup_seconds = setup.elapsed().as_secs_f64();
     Ok(Prepared {
         ready,
@@ -217,6 +229,7 @@ pub async fn prepare(share: Share, ticks: mpsc::UnboundedSender<Tick>) -> Result
         totals,
         merger,
         persist,
+        social,
     })
 }
 
@@ -227,6 +240,7 @@ impl Prepared {
         for tx in self.start_txs {
             let _ = tx.send(start);
         }
+        let social = self.social.map(|s| s.start(start));
         tokio::time::sleep_until(start.into()).await;
         let cpu0 = cpu::process_seconds();
         let end = start + Duration::from_secs_f64(s.total_secs());
@@ -286,6 +300,20 @@ impl Prepared {
                 }
             }
         }
+        let mut social_report = None;
+        if let Some(rx) = social {
+            match rx.await {
+                Ok((r, e)) => {
+                    social_report = Some(r);
+                    if first_error.is_none() {
+                        first_error = e.map(|e| format!("social: {e}"));
+                    }
+                }
+                Err(_) => {
+                    first_error.get_or_insert_with(|| "the social thread died".to_string());
+                }
+            }
+        }
         counters.unacked = counters
             .sent
             .saturating_sub(counters.acked + counters.send_errors);
@@ -299,6 +327,7 @@ impl Prepared {
             thread_utilization,
             first_error,
             acks,
+            social: social_report,
         }
     }
 }

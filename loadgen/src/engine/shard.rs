@@ -72,11 +72,7 @@ pub(super) async fn shard_main(init: ShardInit) -> ShardReport {
         scenario: init.scenario,
         targets: init.targets,
         totals: init.totals,
-        cfg: ConnConfig {
-            read_buffer: s.read_buffer,
-            write_buffer: s.write_buffer,
-            socket_buffer: s.socket_buffer,
-        },
+        cfg: ConnConfig::of(&s),
         warmup_ns: (s.warmup * 1e9) as u64,
         stats: RefCell::new(ShardStats {
             counters: Counters::default(),

@@ -100,6 +100,21 @@ pub struct ScenarioArgs {
     /// Also report this local Redis process's CPU per delivery.
     #[arg(long)]
     pub redis_pid: Option<u32>,
+    /// v1.1 mix: users that come and go in the rooms (presence churn).
+    #[arg(long)]
+    pub churn: Option<usize>,
+    /// Seconds between one churning user's connects (it stays for the first half).
+    #[arg(long)]
+    pub churn_period: Option<f64>,
+    /// `typing` requests/s over all churning users.
+    #[arg(long)]
+    pub typing_rate: Option<f64>,
+    /// `read` requests/s over all rooms.
+    #[arg(long)]
+    pub read_rate: Option<f64>,
+    /// Users that join rooms of their own before the start and stay (presence held).
+    #[arg(long)]
+    pub present: Option<usize>,
 }
 
 impl ScenarioArgs {
@@ -133,7 +148,12 @@ impl ScenarioArgs {
             persist_sample,
             persist_timeout,
             stalled,
-            stall_at
+            stall_at,
+            churn,
+            churn_period,
+            typing_rate,
+            read_rate,
+            present
         );
         s.reconnect |= self.reconnect;
         if let Some(p) = &self.server_pids {

@@ -94,6 +94,16 @@ pub struct Scenario {
     pub server_pids: Vec<u32>,
     /// Redis's pid: its CPU over the run is reported too.
     pub redis_pid: Option<u32>,
+    /// v1.1 mix ([`crate::social`]): users that come and go in the rooms, for presence churn.
+    pub churn: usize,
+    /// Seconds between one churning user's connects (it stays for the first half).
+    pub churn_period: f64,
+    /// `typing` requests per second over all churning users while they are in.
+    pub typing_rate: f64,
+    /// `read` requests per second over all rooms (each room's reader user, two devices).
+    pub read_rate: f64,
+    /// Users that join rooms of their own (10 each) before the start and stay.
+    pub present: usize,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -136,6 +146,11 @@ impl Default for Scenario {
             pusher_app: crate::proto::pusher::App::default(),
             server_pids: Vec::new(),
             redis_pid: None,
+            churn: 0,
+            churn_period: 2.0,
+            typing_rate: 0.0,
+            read_rate: 0.0,
+            present: 0,
         }
     }
 }
@@ -207,6 +222,18 @@ impl Scenario {
             return bad("stall_at must be >= 0".into());
         }
         self.protocol.validate(self)?;
+        if crate::social::wanted(self) && self.protocol != crate::proto::Protocol::Chat {
+            return bad("churn, read_rate and present speak the chat protocol only".into());
+        }
+        if !(self.churn_period > 0.0 && self.churn_period.is_finite()) {
+            return bad("churn_period must be positive".into());
+        }
+        if !(self.typing_rate >= 0.0 && self.read_rate >= 0.0) {
+            return bad("typing_rate and read_rate must be >= 0".into());
+        }
+        if self.typing_rate > 0.0 && self.churn == 0 {
+            return bad("typing_rate needs churn (the churning users type)".into());
+        }
         if self.body > 16 * 1024 {
             return bad("body is limited to 16 KiB by the protocol".into());
         }
@@ -234,6 +261,15 @@ impl Scenario {
                     s.connections = part(self.connections, a);
                 }
                 s.stalled = part(self.stalled, a);
+                s.churn = part(self.churn, a);
+                s.present = part(self.present, a);
+                let room_share = s.rooms as f64 / self.rooms as f64;
+                s.read_rate = self.read_rate * room_share;
+                s.typing_rate = if self.churn == 0 {
+                    0.0
+                } else {
+                    self.typing_rate * s.churn as f64 / self.churn as f64
+                };
                 s.rate = self.rate * s.senders as f64 / self.senders as f64;
                 s.connect_rate =
                     self.connect_rate * s.connection_count() as f64 / total_conns as f64;
