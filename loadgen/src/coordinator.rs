@@ -457,6 +457,26 @@ pub async fn run(opts: &RunOptions) -> Result<RunResult, String> {
     } else {
         sc.name.clone()
     };
+    let floor = if sc.floor && throughput.delivered_per_s > 0.0 {
+        let args = crate::floor::FloorArgs {
+            conns: sc.connection_count(),
+            frame: crate::floor::msg_frame_len(sc.body),
+            rate: throughput.delivered_per_s,
+            fanout: sc.members,
+            batch: 1,
+            duration: sc.duration.min(5.0),
+        };
+        let f = tokio::task::spawn_blocking(move || crate::floor::measure(&args))
+            .await
+            .map_err(|e| format!("floor: {e}"))??;
+        Some(f)
+    } else {
+        None
+    };
+    let server_cpu_vs_floor = floor
+        .as_ref()
+        .zip(server_cpu_us_per_delivered)
+        .map(|(f, s)| s / f.us_per_frame);
     let result = RunResult {
         name: name.clone(),
         command_line: opts.command_line.clone(),
@@ -491,6 +511,8 @@ pub async fn run(opts: &RunOptions) -> Result<RunResult, String> {
         series,
         histograms: hists.to_wire(),
         acks,
+        floor,
+        server_cpu_vs_floor,
         social,
     };
     result.write(&opts.results_dir.join(&name), opts.plots)?;

@@ -28,6 +28,7 @@
 //! | [`plot`] | the SVG plots |
 //! | [`compare`] | `loadgen compare`: two results side by side |
 //! | [`sweep`] | `loadgen sweep`: the highest rate that keeps p99 under a bound with zero loss |
+//! | [`floor`] | `loadgen floor` and `--floor`: the kernel's own cost of the same deliveries (loopback writes, no protocol) |
 //! | [`flood`] | `loadgen flood`: closed-loop accepted-messages/s ceiling |
 
 pub mod agent;
@@ -37,6 +38,7 @@ pub mod coordinator;
 pub mod cpu;
 pub mod engine;
 pub mod flood;
+pub mod floor;
 pub mod json;
 pub mod machine;
 pub mod persist;

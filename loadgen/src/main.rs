@@ -7,6 +7,7 @@
 //! * `loadgen compare A/result.json B/result.json`: side by side;
 //! * `loadgen report DIR`: redraw a result's report.md and plots from its result.json;
 //! * `loadgen flood`: closed-loop accepted-messages/s ceiling;
+//! * `loadgen floor`: the kernel's own cost per delivered frame (loopback writes, no protocol);
 //! * `loadgen presence-list`: time to list a large room's presence (v1.1).
 
 use clap::{Parser, Subcommand};
@@ -116,6 +117,8 @@ enum Command {
     Report { dir: PathBuf },
     /// Send as fast as acks come back and report accepted messages per second.
     Flood(flood::FloodArgs),
+    /// The kernel's floor under a delivery: loopback writes of frames, no protocol; prints JSON.
+    Floor(loadgen::floor::FloorArgs),
     /// Fill one room with members, then time its `presence` list (v1.1); prints JSON.
     PresenceList(loadgen::social::list::ListArgs),
 }
@@ -229,6 +232,16 @@ fn main() -> ExitCode {
                         ExitCode::SUCCESS
                     }
                     Err(e) => fail(&e),
+                }
+            }
+            Command::Floor(a) => {
+                match tokio::task::spawn_blocking(move || loadgen::floor::measure(&a)).await {
+                    Ok(Ok(f)) => {
+                        println!("{}", serde_json::to_string_pretty(&f).unwrap_or_default());
+                        ExitCode::SUCCESS
+                    }
+                    Ok(Err(e)) => fail(&e),
+                    Err(e) => fail(&e.to_string()),
                 }
             }
             Command::PresenceList(a) => match loadgen::social::list::run(&a).await {

@@ -44,6 +44,12 @@ pub struct RunResult {
     /// Every ack received, when the scenario asks for them (`record_acks`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub acks: Vec<AckRecord>,
+    /// The kernel's floor for the same deliveries, measured after the run (`floor`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub floor: Option<crate::floor::Floor>,
+    /// Server CPU per delivery / the floor's CPU per frame.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_cpu_vs_floor: Option<f64>,
     /// The v1.1 mix (presence churn, typing, read pointers), when the scenario has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub social: Option<crate::social::SocialResult>,
@@ -237,6 +243,9 @@ impl RunResult {
         if let Some(us) = self.redis_cpu_us_per_delivered {
             let _ = writeln!(s, "Redis CPU: {us:.2} us per delivered message");
         }
+        if let Some(f) = &self.floor {
+            let _ = writeln!(s, "{}", floor_line(f, self.server_cpu_vs_floor));
+        }
         if let Some(x) = &self.social {
             s.push_str(&x.summary());
         }
@@ -387,6 +396,9 @@ impl RunResult {
                 ))
                 .unwrap_or_default()
         );
+        if let Some(f) = &self.floor {
+            let _ = writeln!(s, "{}\n", floor_line(f, self.server_cpu_vs_floor));
+        }
         for n in &self.loadgen.notes {
             let _ = writeln!(s, "* {n}");
         }
@@ -398,4 +410,19 @@ impl RunResult {
         }
         s
     }
+}
+
+/// The floor in one line: its cost per frame and the server's multiple of it.
+fn floor_line(f: &crate::floor::Floor, ratio: Option<f64>) -> String {
+    format!(
+        "kernel floor: {:.2} us per frame ({} conns, {} B frames, {:.0} frames/s, {} per wake-up){}",
+        f.us_per_frame,
+        f.conns,
+        f.frame,
+        f.frames_per_s,
+        f.fanout,
+        ratio
+            .map(|r| format!("; server CPU per delivery = {r:.1}x the floor"))
+            .unwrap_or_default()
+    )
 }

@@ -17,6 +17,7 @@ async fn open_model_run_in_process_and_over_two_agents() {
     let scenario = Scenario {
         name: "in-process".into(),
         dm_share: 0.1,
+        floor: true,
         ..support::scenario(&server.addr, (4, 5, 4), 200.0, (0.5, 3.0))
     };
     let opts = RunOptions {
@@ -49,6 +50,12 @@ async fn open_model_run_in_process_and_over_two_agents() {
         a.servers
     );
     assert!(a.server_cpu_us_per_delivered.is_some());
+    // The kernel's floor for the same deliveries, measured after the run, and the server's
+    // multiple of it (a server cannot deliver for less than the kernel's writes cost).
+    let f = a.floor.as_ref().expect("--floor measured");
+    assert_eq!((f.conns, f.fanout, f.batch), (20, 5, 1));
+    assert!(f.frames > 0 && f.us_per_frame > 0.0, "{f:?}");
+    assert!(a.server_cpu_vs_floor.is_some_and(|r| r > 1.0), "{:?}", a.server_cpu_vs_floor);
     assert!(a.latency.delivery.count > 0 && a.latency.delivery.p99_ms > 0.0);
     for f in [
         "result.json",

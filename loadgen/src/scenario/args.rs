@@ -115,6 +115,10 @@ pub struct ScenarioArgs {
     /// Users that join rooms of their own before the start and stay (presence held).
     #[arg(long)]
     pub present: Option<usize>,
+    /// After the run, measure the kernel's floor for the same deliveries (`loadgen floor`) and
+    /// report the server's CPU per delivery as a multiple of it.
+    #[arg(long)]
+    pub floor: bool,
 }
 
 impl ScenarioArgs {
@@ -156,6 +160,7 @@ impl ScenarioArgs {
             present
         );
         s.reconnect |= self.reconnect;
+        s.floor |= self.floor;
         if let Some(p) = &self.server_pids {
             s.server_pids = p.clone();
         }

@@ -104,6 +104,9 @@ pub struct Scenario {
     pub read_rate: f64,
     /// Users that join rooms of their own (10 each) before the start and stay.
     pub present: usize,
+    /// After the run, measure the kernel's floor for the same deliveries ([`crate::floor`])
+    /// and report the server's CPU per delivery as a multiple of it.
+    pub floor: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -151,6 +154,7 @@ impl Default for Scenario {
             typing_rate: 0.0,
             read_rate: 0.0,
             present: 0,
+            floor: false,
         }
     }
 }
