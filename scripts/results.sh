@@ -17,6 +17,9 @@
 #       persister    persister/bench.sh (chat-persister next to raw \copy), REPEATS times
 #       peers        ours next to Socket.IO, Sockudo, Node ws and a naive Rust server, each on
 #                    2 nodes on one Redis (scripts/results-peers.sh; results/peers/README.md)
+#       presence     the v1.1 figures on the local cluster: presence latency across nodes, Redis
+#                    per connect/disconnect, throughput with 5,000 present users, a 10,000-member
+#                    room's list (scripts/results-presence.sh; results/presence/README.md)
 #       readme       the headline table and the list of runs, between the markers of
 #                    OUT/README.md, and OUT/run-set.json (always last; needs no server)
 #
@@ -42,6 +45,7 @@ root=$PWD
 
 # The peers comparison has its own script (its own rounds, systems and output directory).
 if [ "${1:-}" = peers ]; then exec scripts/results-peers.sh; fi
+if [ "${1:-}" = presence ]; then exec scripts/results-presence.sh; fi
 
 quick=0
 parts=()
