@@ -55,7 +55,11 @@ async fn open_model_run_in_process_and_over_two_agents() {
     let f = a.floor.as_ref().expect("--floor measured");
     assert_eq!((f.conns, f.fanout, f.batch), (20, 5, 1));
     assert!(f.frames > 0 && f.us_per_frame > 0.0, "{f:?}");
-    assert!(a.server_cpu_vs_floor.is_some_and(|r| r > 1.0), "{:?}", a.server_cpu_vs_floor);
+    assert!(
+        a.server_cpu_vs_floor.is_some_and(|r| r > 1.0),
+        "{:?}",
+        a.server_cpu_vs_floor
+    );
     assert!(a.latency.delivery.count > 0 && a.latency.delivery.p99_ms > 0.0);
     for f in [
         "result.json",

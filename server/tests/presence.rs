@@ -218,7 +218,8 @@ async fn two_nodes_presence_typing_and_read_with_a_node_killed_and_redis_emptied
     );
     assert_eq!(presence(&mut ann, room).await["users"], json!(["ann"]));
 
-    // Read pointers survive Redis restarted empty (from PostgreSQL), and a node restart.
+    // Read pointers survive a full cluster restart: every node gone, Redis restarted empty;
+    // a fresh node finds them in PostgreSQL.
     let rp = "pointers";
     let mut carl = connect(&a, "carl").await;
     join(&mut carl, rp).await;
@@ -229,6 +230,8 @@ async fn two_nodes_presence_typing_and_read_with_a_node_killed_and_redis_emptied
     }
     carl.send(json!({"type":"read","room":rp,"seq":3})).await;
     assert_eq!(next_of(&mut carl, "read").await["seq"], 3);
+    drop(carl);
+    drop(a);
     redis.flushall_and_restart_without_data();
     assert_eq!(redis.cli(&["DBSIZE"]).trim(), "0", "Redis really is empty");
     b = start("2");
@@ -246,5 +249,4 @@ async fn two_nodes_presence_typing_and_read_with_a_node_killed_and_redis_emptied
         joined["read"], 3,
         "the pointer came back from PostgreSQL: {joined}"
     );
-    drop(a);
 }
