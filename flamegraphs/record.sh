@@ -20,9 +20,14 @@
 #   4. runs `loadgen run` and, once messages flow and the warm-up has passed, records every
 #      server process with `perf record -F $FG_FREQ --call-graph $FG_CALL_GRAPH` for the measured
 #      $FG_DURATION seconds;
+#      and, over the same seconds, `perf stat --per-thread` (task-clock, context switches,
+#      syscalls) of each process;
 #   5. folds the stacks with inferno and writes, per recorded process P:
 #        flamegraphs/P.svg          the flamegraph (click to zoom, Ctrl-F to search)
 #        flamegraphs/P.txt          top frames: self and inclusive shares, and categories
+#        flamegraphs/P.stat.txt     perf stat per thread over the recorded seconds
+#      then flamegraphs/accounting.py writes flamegraphs/NAME.accounting.md: CPU, context
+#      switches and syscalls per message and per delivery, by thread and by category;
 #      and the loadgen result in flamegraphs/NAME/ (result.json, report.md, scenario.toml).
 #      P is NAME for standalone, NAME-node-PORT for each cluster node. perf.data, the folded
 #      stacks and the logs stay in target/flamegraphs/work/.
@@ -32,7 +37,8 @@
 #   FG_WARMUP [3] FG_DURATION [15]            loadgen scenario (msg/s, seconds)
 #   FG_THREADS [1] FG_PORT [8097]             standalone server
 #   FG_SERVER_BIN                             another chat-server binary to record (e.g. an older
-#                                             build, for before/after; the build still runs)
+#                                             build, for before/after; the build still runs,
+#                                             unless FG_LOADGEN_BIN is given too)
 #   FG_LOADGEN_BIN                            another loadgen binary
 #   FG_NOTE                                   what the recorded binary is, for the flamegraph's
 #                                             subtitle (default: the commit checked out here)
@@ -106,9 +112,11 @@ command -v python3 >/dev/null || die "python3 is needed for the top-frames summa
 command -v curl >/dev/null || die "curl is needed"
 
 # ---- build -----------------------------------------------------------------------------------
-say "cargo build --release -p chat-server -p chat-persister -p loadgen (into target/flamegraphs/)"
-CARGO_TARGET_DIR=$target_dir CARGO_PROFILE_RELEASE_DEBUG=limited \
-  cargo build --release -p chat-server -p chat-persister -p loadgen >&2 || die "build failed"
+if [ -z "${FG_SERVER_BIN:-}" ] || [ -z "${FG_LOADGEN_BIN:-}" ]; then
+  say "cargo build --release -p chat-server -p chat-persister -p loadgen (into target/flamegraphs/)"
+  CARGO_TARGET_DIR=$target_dir CARGO_PROFILE_RELEASE_DEBUG=limited \
+    cargo build --release -p chat-server -p chat-persister -p loadgen >&2 || die "build failed"
+fi
 server_bin=${FG_SERVER_BIN:-$target_dir/release/chat-server}
 loadgen_bin=${FG_LOADGEN_BIN:-$target_dir/release/loadgen}
 [ -x "$server_bin" ] || die "$server_bin is missing"
@@ -192,7 +200,7 @@ say "loadgen: $rooms rooms x $members members, $senders senders, $rate msg/s, ${
 base=$(delivered_total)
 "$loadgen_bin" run --url "$url_list" --rooms "$rooms" --members "$members" --senders "$senders" \
   --rate "$rate" --body "$body" --warmup "$warmup" --duration "$duration" --name "$name" \
-  --results-dir "$out" --no-progress --no-plots >"$work/$name-loadgen.log" 2>&1 &
+  --results-dir "$out" --no-progress --no-plots --floor >"$work/$name-loadgen.log" 2>&1 &
 loadgen_pid=$!
 
 # Messages flow once delivered_total moves; the measured part starts a warm-up later.
@@ -207,8 +215,14 @@ for i in "${!pids[@]}"; do
   perf record -F "$freq" -g --call-graph "$call_graph" -p "${pids[$i]}" \
     -o "$work/${labels[$i]}.perf.data" -- sleep "$duration" >"$work/${labels[$i]}.perf.log" 2>&1 &
   perf_pids+=($!)
+  perf stat --per-thread -x, -e task-clock,context-switches,raw_syscalls:sys_enter \
+    -p "${pids[$i]}" -o "$out/${labels[$i]}.stat.txt" -- sleep "$duration" >/dev/null 2>&1 &
+  perf_pids+=($!)
 done
+stat_base=$(delivered_total)
 for p in "${perf_pids[@]}"; do wait "$p" || die "perf record failed (see $work/*.perf.log)"; done
+# Deliveries the nodes counted over the recorded seconds (for the per-delivery accounting).
+echo "$(( $(delivered_total) - stat_base ))" >"$work/$name.delivered"
 status=0
 wait "$loadgen_pid" || status=$?
 cat "$work/$name-loadgen.log" >&2
@@ -233,6 +247,9 @@ for i in "${!pids[@]}"; do
   python3 "$out/top.py" "$work/$label.folded" "$unit" "${samples:-?}" >"$out/$label.txt"
   say "wrote flamegraphs/$label.svg and flamegraphs/$label.txt"
 done
+python3 "$out/accounting.py" "$out" "$name" "$rate" "$duration" "$(cat "$work/$name.delivered")" \
+  "${labels[@]}" >"$out/$name.accounting.md"
+say "wrote flamegraphs/$name.accounting.md"
 if [ "$status" -ne 0 ]; then
   say "loadgen exited with $status (2 = a verification failure: see flamegraphs/$name/report.md)"
 fi
