@@ -19,6 +19,11 @@ pub struct Config {
     #[arg(long, env = "CHAT_THREADS")]
     pub threads: Option<usize>,
 
+    /// Each core's I/O driver: `auto` (io_uring where the kernel allows it, else epoll) or
+    /// `epoll` (always). `chat_core_io_uring` in /metrics says which one runs.
+    #[arg(long, env = "CHAT_IO_DRIVER", value_enum, default_value_t = IoDriver::Auto)]
+    pub io_driver: IoDriver,
+
     /// Largest accepted frame and message, in bytes. A frame over it is closed with 1009; a
     /// fragmented message over it is answered `too_large`.
     #[arg(long, env = "CHAT_MAX_FRAME", default_value_t = 64 * 1024)]
@@ -238,4 +243,13 @@ impl Config {
         }
         Ok(threads)
     }
+}
+
+/// `--io-driver`: what each core's monoio runtime is built on.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoDriver {
+    /// io_uring where the kernel allows it, else epoll (monoio's `FusionDriver`).
+    Auto,
+    /// epoll always (monoio's `LegacyDriver`).
+    Epoll,
 }

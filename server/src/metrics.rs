@@ -33,6 +33,8 @@ pub struct CoreCounters {
     pub events_delivered: AtomicU64,
     /// Frames written to sockets, and their bytes.
     pub frames_out: AtomicU64,
+    /// 1 when the core runs on io_uring, 0 on epoll (`--io-driver`).
+    pub io_uring: AtomicU64,
     pub bytes_out: AtomicU64,
     pub bytes_in: AtomicU64,
     /// Requests answered with `error`.
@@ -128,7 +130,7 @@ impl Metrics {
     pub fn render(&self, draining: bool) -> String {
         let mut out = String::with_capacity(4096);
         type Field = fn(&CoreCounters) -> &AtomicU64;
-        let series: [(&str, &str, &str, Field); 23] = [
+        let series: [(&str, &str, &str, Field); 24] = [
             (
                 "chat_connections",
                 "gauge",
@@ -188,6 +190,12 @@ impl Metrics {
                 "counter",
                 "Presence, typing and read events queued to connections.",
                 |c| &c.events_delivered,
+            ),
+            (
+                "chat_core_io_uring",
+                "gauge",
+                "1 when the core's I/O driver is io_uring, 0 when it is epoll (--io-driver).",
+                |c| &c.io_uring,
             ),
             (
                 "chat_frames_out_total",

@@ -2,6 +2,7 @@
 //! loop that takes its mail from other cores, and the once-a-second housekeeping.
 
 use crate::accept::{out_of_descriptors, Acceptor};
+use crate::config::IoDriver;
 use crate::connection;
 use crate::core::{Core, CoreRef};
 use crate::fanout::Outbox;
@@ -20,15 +21,25 @@ pub fn run(
     listener: std::net::TcpListener,
     ready: std::sync::mpsc::Sender<()>,
 ) {
-    let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
-        .enable_timer()
-        .with_entries(4096)
-        .build()
-        .expect("build monoio runtime");
+    let mut rt = match node.config.io_driver {
+        IoDriver::Auto => monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+            .enable_timer()
+            .with_entries(4096)
+            .build(),
+        IoDriver::Epoll => monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .map(monoio::FusionRuntime::Legacy),
+    }
+    .expect("build monoio runtime");
     let driver = match &rt {
         monoio::FusionRuntime::Uring(_) => "io_uring",
         monoio::FusionRuntime::Legacy(_) => "epoll",
     };
+    let uring = matches!(rt, monoio::FusionRuntime::Uring(_));
+    node.metrics.cores[id]
+        .io_uring
+        .store(u64::from(uring), std::sync::atomic::Ordering::Relaxed);
     tracing::info!(core = id, driver, "core started");
     rt.block_on(serve(id, node, listener, ready));
 }

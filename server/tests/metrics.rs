@@ -1,5 +1,6 @@
 //! The latency histograms on a real server's `/metrics`: one observation per acked send
-//! (merged over the cores), the outbound-queue wait of the frames written, cumulative buckets.
+//! (merged over the cores), the outbound-queue wait of the frames written, cumulative buckets;
+//! rooms freed; the I/O driver each core runs on (`--io-driver`).
 
 mod support;
 
@@ -127,5 +128,36 @@ async fn rooms_that_hold_nothing_are_freed() {
     assert_eq!(
         left, 1.0,
         "rooms of closed connections that hold nothing are freed"
+    );
+}
+
+/// `--io-driver epoll` runs every core on epoll (the default picks io_uring where the kernel
+/// allows it), and the protocol works the same: a message across cores, its ack, its delivery.
+#[tokio::test]
+async fn the_epoll_driver_serves_the_same_protocol() {
+    let server = Server::start(&["--io-driver", "epoll"]);
+    let (_, metrics) = http_get(server.addr, "/metrics").await;
+    let drivers = samples(&metrics, "chat_core_io_uring");
+    assert_eq!(drivers.len(), 2, "one per core:\n{metrics}");
+    assert!(drivers.iter().all(|(_, v)| *v == 0.0), "{drivers:?}");
+    let (mut alice, mut bob) = support::client::pair(&server).await;
+    alice.join("epoll").await;
+    bob.join("epoll").await;
+    alice.send(send_req("epoll", "e1", "over epoll")).await;
+    let (ack, _) = alice.until("ack").await;
+    assert_eq!(ack["seq"], 1);
+    let (msg, _) = bob.until("msg").await;
+    assert_eq!(
+        (msg["seq"].as_u64(), msg["body"].as_str()),
+        (Some(1), Some("over epoll"))
+    );
+    // The default: io_uring where this kernel allows it, epoll otherwise; the gauge says which.
+    let auto = Server::start(&[]);
+    let (_, metrics) = http_get(auto.addr, "/metrics").await;
+    let drivers = samples(&metrics, "chat_core_io_uring");
+    assert_eq!(drivers.len(), 2, "{metrics}");
+    assert!(
+        drivers.iter().all(|(_, v)| *v == 0.0 || *v == 1.0),
+        "{drivers:?}"
     );
 }
