@@ -36,22 +36,28 @@ stop() {
   if [ -n "$server" ]; then kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; server=""; fi
 }
 trap stop EXIT
-start() { # VALUE: the server(s) with VAR=VALUE; echoes the loadgen URLs
+urls=""
+start() { # VALUE: the server(s) with VAR=VALUE; sets urls (not in a subshell: stop() needs $server)
   if [ "$mode" = cluster ]; then
     env "$var=$1" CHAT_RATE_LIMIT=0 scripts/cluster.sh up >/dev/null
-    echo ws://127.0.0.1:8081,ws://127.0.0.1:8082
+    urls=ws://127.0.0.1:8081,ws://127.0.0.1:8082
   else
+    # Nothing else may listen there: with SO_REUSEPORT a second server would share the port.
+    if curl -fsS -m 1 http://127.0.0.1:8097/healthz >/dev/null 2>&1; then
+      echo "knob: something already serves 127.0.0.1:8097" >&2
+      exit 1
+    fi
     env "$var=$1" "$bin/chat-server" --listen 127.0.0.1:8097 --threads 2 --rate-limit 0 \
       >"$out/.server.log" 2>&1 </dev/null &
     server=$!
     for _ in $(seq 100); do curl -fsS -m 1 http://127.0.0.1:8097/healthz >/dev/null 2>&1 && break; sleep 0.1; done
-    echo ws://127.0.0.1:8097
+    urls=ws://127.0.0.1:8097
   fi
 }
 for r in $(seq 1 "$rounds"); do
   for value in $values; do
     stop
-    urls=$(start "$value")
+    start "$value"
     for rate in $rates; do
       name=$value-$rate-round-$r
       say "$var=$name"
