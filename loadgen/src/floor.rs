@@ -158,12 +158,7 @@ pub fn measure(a: &FloorArgs) -> Result<Floor, String> {
 
 /// The clients' side: read everything until `stop` (or every connection is closed).
 fn drain(clients: Vec<TcpStream>, stop: tokio::sync::watch::Receiver<bool>) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("floor reader runtime");
-    let local = tokio::task::LocalSet::new();
-    local.block_on(&rt, async move {
+    crate::local::block_on_local("floor reader", async move {
         let mut tasks = Vec::new();
         for c in clients {
             let Ok(mut c) = tokio::net::TcpStream::from_std(c) else {

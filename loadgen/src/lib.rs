@@ -15,6 +15,7 @@
 //! | [`client`] | one WebSocket connection: connect (bound to a source IP), requests, parsing replies |
 //! | [`proto`] | the protocols spoken: chat, Socket.IO, Pusher (one file each), the same scenario for all |
 //! | [`json`] | the allocation-free scanner every protocol's parser uses |
+//! | [`local`] | the runtime of every load thread: current-thread tokio with a `LocalSet` |
 //! | [`engine`] | one process's share of a run: shard threads, connection and sender tasks |
 //! | [`social`] | the v1.1 mix beside the messages: presence churn, typing, read pointers, verified |
 //! | [`verify`] | per room and receiver: every seq exactly once, in order |
@@ -40,6 +41,7 @@ pub mod engine;
 pub mod flood;
 pub mod floor;
 pub mod json;
+pub mod local;
 pub mod machine;
 pub mod persist;
 pub mod plot;

@@ -180,12 +180,7 @@ pub async fn prepare(share: Share, ticks: mpsc::UnboundedSender<Tick>) -> Result
         std::thread::Builder::new()
             .name(format!("loadgen-{id}"))
             .spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("shard runtime");
-                let local = tokio::task::LocalSet::new();
-                let report = local.block_on(&rt, shard_main(init));
+                let report = crate::local::block_on_local("shard", shard_main(init));
                 let _ = report_tx.send(report);
             })
             .map_err(|e| format!("spawning a shard thread: {e}"))?;

@@ -357,11 +357,6 @@ pub async fn prepare(
     std::thread::Builder::new()
         .name("loadgen-social".into())
         .spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("social runtime");
-            let local = tokio::task::LocalSet::new();
             let mix = Rc::new(Mix {
                 layout,
                 scenario,
@@ -375,7 +370,7 @@ pub async fn prepare(
                 pointers: RefCell::default(),
                 first_error: RefCell::default(),
             });
-            let report = local.block_on(&rt, run(mix, ready_tx, start_rx));
+            let report = crate::local::block_on_local("social", run(mix, ready_tx, start_rx));
             let _ = report_tx.send(report);
         })
         .map_err(|e| format!("spawning the social thread: {e}"))?;
