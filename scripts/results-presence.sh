@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The v1.1 figures (presence, typing, read pointers) on the local cluster of scripts/cluster.sh
 # (two nodes on one Redis, Kafka, PostgreSQL, the persister), written to results/presence/
-# (RESULTS_OUT): each run's loadgen result directory, the raw figures in figures.json and a
+# (RESULTS_OUT): each run's loadgen result directory, the raw figures in figures.jsonl and a
 # README table (scripts/results-presence.py).
 #
 #   scripts/results-presence.sh          (about 6 minutes; scripts/results.sh presence runs it)

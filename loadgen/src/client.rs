@@ -145,9 +145,21 @@ pub async fn connect(
 
 /// `{"type":"join","room":R}`.
 pub fn join(room: &str) -> Message {
-    let mut b = BytesMut::with_capacity(room.len() + 32);
-    b.put_slice(br#"{"type":"join","room":"#);
+    room_request("join", room, None)
+}
+
+/// `{"type":T,"room":R}`, plus `,"seq":S` when given (`read`): the requests that name only a
+/// room (`join`, `presence`, `typing`, `read`).
+pub fn room_request(kind: &str, room: &str, seq: Option<u64>) -> Message {
+    let mut b = BytesMut::with_capacity(room.len() + 48);
+    b.put_slice(b"{\"type\":\"");
+    b.put_slice(kind.as_bytes());
+    b.put_slice(b"\",\"room\":");
     put_json_str(&mut b, room);
+    if let Some(s) = seq {
+        b.put_slice(b",\"seq\":");
+        b.put_slice(s.to_string().as_bytes());
+    }
     b.put_u8(b'}');
     text(b.freeze())
 }
@@ -345,6 +357,10 @@ mod tests {
         assert_eq!(
             join("x").to_text().unwrap(),
             r#"{"type":"join","room":"x"}"#
+        );
+        assert_eq!(
+            room_request("read", "x", Some(7)).to_text().unwrap(),
+            r#"{"type":"read","room":"x","seq":7}"#
         );
         assert_eq!(
             resume("x", 42).to_text().unwrap(),

@@ -24,8 +24,8 @@ pub struct FloorArgs {
     /// Loopback connections.
     #[arg(long, default_value_t = 1000)]
     pub conns: usize,
-    /// Bytes per frame (a 100 B chat body makes a ~210 B `msg` frame).
-    #[arg(long, default_value_t = 210)]
+    /// Bytes per frame (default: the `msg` frame of a 100 B body, as `--floor` uses).
+    #[arg(long, default_value_t = msg_frame_len(100))]
     pub frame: usize,
     /// Frames written per second, over all connections.
     #[arg(long, default_value_t = 4000.0)]
@@ -114,14 +114,9 @@ pub fn measure(a: &FloorArgs) -> Result<Floor, String> {
         if at > now {
             std::thread::sleep(at - now);
         }
-        for _ in 0..a.fanout.div_ceil(a.batch) {
-            servers[next_conn]
-                .write_all(&frame)
-                .map_err(|e| format!("write: {e}"))?;
-            next_conn = (next_conn + 1) % servers.len();
-            syscalls += 1;
-            frames += a.batch as u64;
-        }
+        let writes = burst(&mut servers, &mut next_conn, &frame, a)?;
+        syscalls += writes;
+        frames += writes * a.batch as u64;
         at += per_wake;
     }
     let cpu_seconds = thread_cpu() - cpu0;
@@ -130,13 +125,7 @@ pub fn measure(a: &FloorArgs) -> Result<Floor, String> {
     let bursts = (frames / a.fanout as u64).clamp(1, 20_000 / a.fanout as u64 + 1);
     let (mut back_to_back, cpu1) = (0u64, thread_cpu());
     for _ in 0..bursts {
-        for _ in 0..a.fanout.div_ceil(a.batch) {
-            servers[next_conn]
-                .write_all(&frame)
-                .map_err(|e| format!("write: {e}"))?;
-            next_conn = (next_conn + 1) % servers.len();
-            back_to_back += a.batch as u64;
-        }
+        back_to_back += burst(&mut servers, &mut next_conn, &frame, a)? * a.batch as u64;
     }
     let write_us_per_frame = (thread_cpu() - cpu1) * 1e6 / back_to_back as f64;
     let _ = stop_tx.send(true);
@@ -154,6 +143,24 @@ pub fn measure(a: &FloorArgs) -> Result<Floor, String> {
         us_per_frame: cpu_seconds * 1e6 / frames.max(1) as f64,
         write_us_per_frame,
     })
+}
+
+/// One wake-up's writes: `fanout` frames, `batch` per `write` of `frame`, each write to the next
+/// connection in turn; returns the writes made.
+fn burst(
+    servers: &mut [TcpStream],
+    next: &mut usize,
+    frame: &[u8],
+    a: &FloorArgs,
+) -> Result<u64, String> {
+    let writes = a.fanout.div_ceil(a.batch);
+    for _ in 0..writes {
+        servers[*next]
+            .write_all(frame)
+            .map_err(|e| format!("write: {e}"))?;
+        *next = (*next + 1) % servers.len();
+    }
+    Ok(writes as u64)
 }
 
 /// The clients' side: read everything until `stop` (or every connection is closed).
@@ -212,7 +219,7 @@ mod tests {
         fn from_defaults() -> FloorArgs {
             FloorArgs {
                 conns: 1000,
-                frame: 210,
+                frame: msg_frame_len(100),
                 rate: 4000.0,
                 fanout: 10,
                 batch: 1,

@@ -7,8 +7,6 @@
 //! `<prefix>pr<i / 10>` before the start and stays until the mix stops.
 
 use super::{parse, Mix};
-use bytes::{BufMut, BytesMut};
-use chat_wire::protocol::put_json_str;
 use futures_util::{SinkExt, StreamExt};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -29,13 +27,7 @@ pub(super) async fn churner(mix: Rc<Mix>, i: u32, start: Instant, end: Instant) 
     let node = mix.churner_node(i);
     let typing_every =
         (s.typing_rate > 0.0).then(|| Duration::from_secs_f64(s.churn as f64 / s.typing_rate));
-    let typing = {
-        let mut b = BytesMut::new();
-        b.put_slice(br#"{"type":"typing","room":"#);
-        put_json_str(&mut b, &room);
-        b.put_u8(b'}');
-        crate::client::text(b.freeze())
-    };
+    let typing = crate::client::room_request("typing", &room, None);
     let mut at = start + phase;
     while at < end {
         tokio::time::sleep_until(at.into()).await;
@@ -72,10 +64,7 @@ pub(super) async fn churner(mix: Rc<Mix>, i: u32, start: Instant, end: Instant) 
                 m = ws.next() => match m {
                     Some(Ok(Message::Text(t))) => {
                         if parse(t.as_bytes()).is_some_and(|e| e.kind == b"error") {
-                            mix.counters.borrow_mut().errors += 1;
-                            mix.first_error
-                                .borrow_mut()
-                                .get_or_insert_with(|| format!("{user}: {}", t.as_str()));
+                            mix.error_reply(&user, t.as_str());
                         }
                     }
                     Some(Ok(_)) => {}
@@ -110,27 +99,20 @@ pub(super) async fn connect_present(
 ) -> Vec<JoinHandle<()>> {
     let nodes = mix.targets.len() as u32;
     let ids: Vec<u32> = (0..mix.scenario.present as u32).collect();
-    let mut out = Vec::new();
-    for chunk in ids.chunks(200) {
-        let opened = futures_util::future::join_all(chunk.iter().map(|&i| async move {
+    let opened = mix
+        .open_all(&ids, |i| async move {
             let user = format!("{}p{i}", mix.layout.prefix);
             let room = format!("{}pr{}", mix.layout.prefix, i / PRESENT_ROOM);
             let mut ws = mix.open(&user, i % nodes).await?;
             Mix::join(&mut ws, &room).await?;
-            Ok::<_, String>(ws)
-        }))
+            Ok(ws)
+        })
         .await;
-        for ws in opened {
-            match ws {
-                Ok(ws) => {
-                    mix.counters.borrow_mut().present += 1;
-                    out.push(tokio::task::spawn_local(stay(ws, stop.clone())));
-                }
-                Err(e) => mix.error(e),
-            }
-        }
-    }
-    out
+    mix.counters.borrow_mut().present += opened.len() as u64;
+    opened
+        .into_iter()
+        .map(|ws| tokio::task::spawn_local(stay(ws, stop.clone())))
+        .collect()
 }
 
 /// Reads (answering pings) until `stop`, then closes.

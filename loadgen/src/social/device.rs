@@ -6,8 +6,6 @@
 use super::{parse, Mix, Pointers, TYPING_SLACK_MS};
 use crate::client::{self, Ws};
 use crate::stats::record_ns;
-use bytes::{BufMut, BytesMut};
-use chat_wire::protocol::put_json_str;
 use futures_util::{SinkExt, StreamExt};
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -33,50 +31,25 @@ pub(super) async fn connect_all(mix: &Rc<Mix>) -> Vec<Device> {
     let nodes = mix.targets.len() as u32;
     *mix.pointers.borrow_mut() = vec![Pointers::default(); rooms as usize];
     let all: Vec<(u32, usize)> = (0..rooms).flat_map(|r| [(r, 0), (r, 1)]).collect();
-    let mut out = Vec::new();
-    for chunk in all.chunks(200) {
-        let opened = futures_util::future::join_all(chunk.iter().map(|&(r, dev)| async move {
+    let out = mix
+        .open_all(&all, |(r, dev)| async move {
             let user = reader(mix, r);
             let mut ws = mix.open(&user, (r + dev as u32) % nodes).await?;
             let seen = Mix::join(&mut ws, &mix.layout.room(r)).await?;
-            Ok::<_, String>(Device {
+            Ok(Device {
                 ws,
                 room: r,
                 dev,
                 seen,
             })
-        }))
+        })
         .await;
-        for d in opened {
-            match d {
-                Ok(d) => {
-                    mix.counters.borrow_mut().devices += 1;
-                    out.push(d);
-                }
-                Err(e) => mix.error(e),
-            }
-        }
-    }
+    mix.counters.borrow_mut().devices += out.len() as u64;
     out
 }
 
 fn reader(mix: &Mix, r: u32) -> String {
     format!("{}o{r}", mix.layout.prefix)
-}
-
-/// `{"type":T,"room":R}` plus `,"seq":S` for a `read`.
-fn request(kind: &str, room: &str, seq: Option<u64>) -> Message {
-    let mut b = BytesMut::with_capacity(room.len() + 48);
-    b.put_slice(b"{\"type\":\"");
-    b.put_slice(kind.as_bytes());
-    b.put_slice(b"\",\"room\":");
-    put_json_str(&mut b, room);
-    if let Some(s) = seq {
-        b.put_slice(b",\"seq\":");
-        b.put_slice(s.to_string().as_bytes());
-    }
-    b.put_u8(b'}');
-    client::text(b.freeze())
 }
 
 /// The device's life from the start: its own requests until `end`, the room's events until
@@ -121,14 +94,14 @@ pub(super) async fn run(
                         if seen > 0 {
                             let mut p = mix.pointers.borrow_mut();
                             p[room as usize].asked = p[room as usize].asked.max(seen);
-                            out.push(request("read", &room_name, Some(seen)));
+                            out.push(client::room_request("read", &room_name, Some(seen)));
                             mix.counters.borrow_mut().read_sent += 1;
                         }
                     }
                 }
                 if next_typing <= now {
                     next_typing += TYPING_EVERY;
-                    out.push(request("typing", &room_name, None));
+                    out.push(client::room_request("typing", &room_name, None));
                     mix.counters.borrow_mut().typing_sent += 1;
                 }
                 for m in out {
@@ -214,11 +187,8 @@ pub(super) async fn run(
                         *heard = (*heard).max(e.seq);
                     }
                     b"error" => {
-                        c.errors += 1;
                         drop(c);
-                        mix.first_error
-                            .borrow_mut()
-                            .get_or_insert_with(|| format!("{me}: {}", t.as_str()));
+                        mix.error_reply(&me, t.as_str());
                     }
                     _ => {}
                 }

@@ -7,8 +7,6 @@
 use super::parse;
 use crate::client::{self, ConnConfig, Target};
 use crate::stats::{new_hist, record_ns, Percentiles};
-use bytes::{BufMut, BytesMut};
-use chat_wire::protocol::put_json_str;
 use futures_util::{SinkExt, StreamExt};
 use serde::Serialize;
 use std::time::{Duration, Instant};
@@ -82,11 +80,7 @@ pub async fn run(a: &ListArgs) -> Result<ListResult, String> {
     let fill_seconds = t0.elapsed().as_secs_f64();
     // Members that joined early hear of the later ones: let those events pass first.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let mut ask = BytesMut::new();
-    ask.put_slice(br#"{"type":"presence","room":"#);
-    put_json_str(&mut ask, &room);
-    ask.put_u8(b'}');
-    let ask = client::text(ask.freeze());
+    let ask = client::room_request("presence", &room, None);
     let ws = &mut conns[0];
     let mut hist = new_hist();
     let (mut count, mut answer_bytes) = (0, 0);

@@ -41,6 +41,7 @@ use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::future::Future;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -255,6 +256,13 @@ pub(crate) struct Pointers {
     pub heard: [u64; 2],
 }
 
+impl Pointers {
+    /// Both devices hold the highest seq either asked for.
+    pub fn agreed(&self) -> bool {
+        self.heard == [self.asked; 2]
+    }
+}
+
 /// What the mix's tasks share on its one thread.
 pub(crate) struct Mix {
     pub layout: Arc<Layout>,
@@ -277,6 +285,34 @@ impl Mix {
     pub fn error(&self, e: String) {
         self.counters.borrow_mut().setup_errors += 1;
         self.first_error.borrow_mut().get_or_insert(e);
+    }
+
+    /// An `error` frame `who` received: counted, and the first one kept.
+    pub fn error_reply(&self, who: &str, frame: &str) {
+        self.counters.borrow_mut().errors += 1;
+        self.first_error
+            .borrow_mut()
+            .get_or_insert_with(|| format!("{who}: {frame}"));
+    }
+
+    /// `open` for every item, 200 at a time: what opened, in order; each failure is a setup
+    /// error.
+    pub async fn open_all<I: Copy, T, F: Future<Output = Result<T, String>>>(
+        &self,
+        items: &[I],
+        open: impl Fn(I) -> F,
+    ) -> Vec<T> {
+        let mut out = Vec::with_capacity(items.len());
+        for chunk in items.chunks(200) {
+            let opened = futures_util::future::join_all(chunk.iter().map(|&i| open(i))).await;
+            for r in opened {
+                match r {
+                    Ok(t) => out.push(t),
+                    Err(e) => self.error(e),
+                }
+            }
+        }
+        out
     }
 
     /// Node of churning user `i`.
@@ -323,12 +359,7 @@ impl Mix {
     /// Whether every device has seen every churning user leave and both devices of every
     /// reader hold the highest pointer asked.
     pub fn settled(&self) -> bool {
-        self.online_now.get() == 0
-            && self
-                .pointers
-                .borrow()
-                .iter()
-                .all(|p| p.heard == [p.asked; 2])
+        self.online_now.get() == 0 && self.pointers.borrow().iter().all(Pointers::agreed)
     }
 }
 
@@ -432,12 +463,7 @@ async fn run(
     for d in devices {
         let _ = d.await;
     }
-    let disagree = mix
-        .pointers
-        .borrow()
-        .iter()
-        .filter(|p| p.heard != [p.asked; 2])
-        .count();
+    let disagree = mix.pointers.borrow().iter().filter(|p| !p.agreed()).count();
     mix.counters.borrow_mut().read_disagree += disagree as u64;
     for p in present {
         let _ = p.await;
