@@ -181,6 +181,12 @@ pub struct Config {
     #[arg(long, env = "CHAT_REQUIRE_ORIGIN")]
     pub require_origin: bool,
 
+    /// Negotiate permessage-deflate (RFC 7692) with clients that offer it: text messages of
+    /// 128 bytes or more go out compressed, once per message per core. `false` answers every
+    /// offer uncompressed.
+    #[arg(long, env = "CHAT_DEFLATE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub deflate: bool,
+
     /// Most open WebSocket connections on this node; more get 503 before the upgrade.
     #[arg(long, env = "CHAT_MAX_CONNECTIONS", default_value_t = 200_000)]
     pub max_connections: u64,

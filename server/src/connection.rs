@@ -16,9 +16,10 @@ use crate::metrics::{add, inc};
 use crate::outbound::{write_loop, ConnIo};
 use bytes::BytesMut;
 use chat_wire::frame::{
-    close_code, encode_close, encode_frame, parse_frame, Message, MessageAssembler, OpCode, Role,
+    close_code, encode_close, encode_frame, parse_frame_ext, Message, MessageAssembler, OpCode,
+    Role,
 };
-use chat_wire::handshake::{parse_request, upgrade_response};
+use chat_wire::handshake::{parse_request, upgrade_response_with};
 use chat_wire::protocol::{ErrorCode, RequestError};
 use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
@@ -84,21 +85,31 @@ pub async fn serve(core: CoreRef, mut stream: TcpStream, peer: std::net::IpAddr)
             return;
         }
     };
-    let (accept, user) = match upgrade {
+    let (accept, user, deflate) = match upgrade {
         Route::Respond(resp) => {
             inc(&node.metrics.cores[core_id].http_requests);
             let _ = stream.write_all(resp).await;
             let _ = stream.shutdown().await;
             return;
         }
-        Route::WebSocket { accept, user } => (accept, user),
+        Route::WebSocket {
+            accept,
+            user,
+            deflate,
+        } => (accept, user, deflate),
     };
-    let mut resp = upgrade_response(&accept);
+    let mut resp = upgrade_response_with(&accept, deflate.as_ref());
     // Which core serves the connection: lets tests and operators see the spread.
     let at = resp.len() - 2;
     resp.splice(at..at, format!("X-Chat-Core: {core_id}\r\n").into_bytes());
     // Registered before the 101 goes out, so that the client's first request finds it.
-    let io = Rc::new(ConnIo::new(stream.as_raw_fd(), node.clone(), core_id));
+    let window = deflate.map(|d| d.server_max_window_bits);
+    let io = Rc::new(ConnIo::new(
+        stream.as_raw_fd(),
+        node.clone(),
+        core_id,
+        window,
+    ));
     let conn = core.borrow_mut().add_conn(&user, io.clone());
     if stream.write_all(resp).await.0.is_err() {
         core.borrow_mut().remove_conn(conn);
@@ -107,7 +118,7 @@ pub async fn serve(core: CoreRef, mut stream: TcpStream, peer: std::net::IpAddr)
     bytes::Buf::advance(&mut buf, head_len);
     let (reader, writer) = stream.into_split();
     monoio::spawn(write_loop(io.clone(), writer));
-    read_loop(&core, conn, &io, reader, buf).await;
+    read_loop(&core, conn, &io, reader, buf, deflate.is_some()).await;
     core.borrow_mut().remove_conn(conn);
     io.finish();
 }
@@ -167,19 +178,25 @@ async fn read_loop(
     io: &Rc<ConnIo>,
     mut reader: impl AsyncReadRent,
     mut buf: BytesMut,
+    deflate: bool,
 ) {
     let (max_frame, max_inflight) = {
         let c = core.borrow();
         (c.node.config.max_frame, c.node.config.max_inflight)
     };
-    let mut assembler = MessageAssembler::new(max_frame);
+    // With permessage-deflate a message is inflated whole and bounded by the same limit.
+    let mut assembler = if deflate {
+        MessageAssembler::with_inflater(max_frame)
+    } else {
+        MessageAssembler::new(max_frame)
+    };
     // Room for the next read: grows while reads fill it, so that only busy connections get
     // big buffers.
     let mut want = READ_MIN;
     loop {
         // Everything already buffered first: frames that came with the upgrade request too.
         while !io.is_closing() {
-            let frame = match parse_frame(&mut buf, Role::Server, max_frame) {
+            let frame = match parse_frame_ext(&mut buf, Role::Server, max_frame, deflate) {
                 Ok(Some(frame)) => frame,
                 Ok(None) => break,
                 Err(e) => {

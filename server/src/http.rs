@@ -2,6 +2,7 @@
 //! here; `GET /ws` with upgrade headers leaves as a WebSocket.
 
 use crate::node::Node;
+use chat_wire::deflate::DeflateParams;
 use chat_wire::handshake::{http_response, Request};
 use chat_wire::protocol::validate_user;
 
@@ -15,8 +16,13 @@ const CHAT_CSS: &str = include_str!("../assets/chat.css");
 pub enum Route {
     /// Write this response and close.
     Respond(Vec<u8>),
-    /// Upgrade: the `Sec-WebSocket-Accept` value and the user.
-    WebSocket { accept: String, user: String },
+    /// Upgrade: the `Sec-WebSocket-Accept` value, the user, and the permessage-deflate
+    /// parameters if the client offered it and the server takes it.
+    WebSocket {
+        accept: String,
+        user: String,
+        deflate: Option<DeflateParams>,
+    },
 }
 
 pub fn route(req: &Request<'_>, node: &Node) -> Route {
@@ -104,7 +110,12 @@ fn websocket(req: &Request<'_>, node: &Node) -> Route {
     if node.open_connections() >= node.config.max_connections {
         return text(503, "connection limit reached: connect to another node\n");
     }
-    Route::WebSocket { accept, user }
+    let deflate = req.deflate_offer().filter(|_| node.config.deflate);
+    Route::WebSocket {
+        accept,
+        user,
+        deflate,
+    }
 }
 
 /// A built-in page asset; the same headers as the page (`http_response`: `Cache-Control: no-store`).

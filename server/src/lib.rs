@@ -3,6 +3,7 @@
 //! (`main.rs`) declares its own modules and does not use this crate. Only modules that need
 //! nothing else of the server belong here.
 
+pub mod compress;
 pub mod fanout;
 pub mod messages;
 

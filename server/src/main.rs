@@ -8,6 +8,7 @@
 mod accept;
 mod auth;
 mod bus;
+mod compress;
 mod config;
 mod connection;
 mod core;

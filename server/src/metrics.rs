@@ -43,6 +43,10 @@ pub struct CoreCounters {
     pub frames_rejected: AtomicU64,
     /// Connections closed because their outbound queue overflowed.
     pub slow_consumers: AtomicU64,
+    /// permessage-deflate: compressed frames made (one per message per core, whatever the
+    /// number of members), and compressed frames queued to connections.
+    pub deflate_compressed: AtomicU64,
+    pub deflate_sent: AtomicU64,
     /// Cross-core batches received, and the messages in them.
     pub mail_batches: AtomicU64,
     pub mail_messages: AtomicU64,
@@ -130,7 +134,7 @@ impl Metrics {
     pub fn render(&self, draining: bool) -> String {
         let mut out = String::with_capacity(4096);
         type Field = fn(&CoreCounters) -> &AtomicU64;
-        let series: [(&str, &str, &str, Field); 24] = [
+        let series: [(&str, &str, &str, Field); 26] = [
             (
                 "chat_connections",
                 "gauge",
@@ -232,6 +236,18 @@ impl Metrics {
                 "counter",
                 "Connections closed because their outbound queue overflowed.",
                 |c| &c.slow_consumers,
+            ),
+            (
+                "chat_deflate_compressed_total",
+                "counter",
+                "permessage-deflate frames compressed (once per message per core, shared by its members).",
+                |c| &c.deflate_compressed,
+            ),
+            (
+                "chat_deflate_frames_sent_total",
+                "counter",
+                "permessage-deflate frames queued to connections.",
+                |c| &c.deflate_sent,
             ),
             (
                 "chat_core_mail_batches_total",

@@ -142,6 +142,8 @@ unsafe impl monoio::buf::IoVecBuf for FrameBatch {
 /// A connection's outbound side, shared by its reader, its writer and the core.
 pub struct ConnIo {
     fd: RawFd,
+    /// The server window negotiated with permessage-deflate: text frames go out compressed.
+    deflate: Option<u8>,
     limit: usize,
     close_timeout: Duration,
     node: Arc<Node>,
@@ -180,6 +182,11 @@ struct OutState {
 }
 
 impl OutState {
+    /// Still taking frames: not closing, not gone.
+    fn accepts(&self) -> bool {
+        self.closing_since.is_none() && !self.dead
+    }
+
     fn sync_gauge(&self) {
         self.gauge.set_waiting(self.replay_bytes + self.replay_held);
     }
@@ -203,9 +210,10 @@ impl OutState {
 }
 
 impl ConnIo {
-    pub fn new(fd: RawFd, node: Arc<Node>, core: CoreId) -> Self {
+    pub fn new(fd: RawFd, node: Arc<Node>, core: CoreId, deflate: Option<u8>) -> Self {
         ConnIo {
             fd,
+            deflate,
             limit: node.config.outbound_limit,
             close_timeout: Duration::from_secs_f64(node.config.close_timeout),
             node,
@@ -229,8 +237,29 @@ impl ConnIo {
         }
     }
 
+    /// The frame as this connection takes it: compressed (once per core) when it negotiated
+    /// permessage-deflate.
+    fn outgoing(&self, frame: Bytes) -> Bytes {
+        let Some(bits) = self.deflate else {
+            return frame;
+        };
+        let (out, compressed) = crate::compress::for_connection(&frame, bits);
+        let counters = &self.node.metrics.cores[self.core];
+        if compressed {
+            inc(&counters.deflate_compressed);
+        }
+        if out.as_ptr() != frame.as_ptr() {
+            inc(&counters.deflate_sent);
+        }
+        out
+    }
+
     /// Queues a frame. A connection over its outbound limit is closed with 1008 instead.
     pub fn send(&self, frame: Bytes) {
+        if !self.state.borrow().accepts() {
+            return;
+        }
+        let frame = self.outgoing(frame);
         let mut st = self.state.borrow_mut();
         if st.closing_since.is_some() || st.dead {
             return;
@@ -257,6 +286,10 @@ impl ConnIo {
     /// request from the client ([`ConnIo::replay_backlog`]), so a client that stops reading
     /// asks for nothing more, stops answering pings, and is closed as idle.
     pub fn send_replay(&self, frame: Bytes) {
+        if !self.state.borrow().accepts() {
+            return;
+        }
+        let frame = self.outgoing(frame);
         let mut st = self.state.borrow_mut();
         if st.closing_since.is_some() || st.dead {
             return;

@@ -72,8 +72,13 @@ fn handshake_random_keys_and_browser_style_headers() {
         Some(accept_key(&key).as_str()),
         "{resp:?}"
     );
-    // permessage-deflate was offered but is not supported: it must not be accepted.
-    assert_eq!(resp.header("sec-websocket-extensions"), None, "{resp:?}");
+    // permessage-deflate was offered (PROTOCOL.md v1.1): accepted, always without server
+    // context takeover (rfc7692_deflate.rs has the whole negotiation matrix).
+    assert_eq!(
+        resp.header("sec-websocket-extensions"),
+        Some("permessage-deflate; server_no_context_takeover"),
+        "{resp:?}"
+    );
 }
 
 #[test]

@@ -92,13 +92,23 @@ impl<'a> Request<'a> {
             .map(str::trim)
     }
 
-    fn header_has_token(&self, name: &str, token: &str) -> bool {
+    /// Every header with this name (case-insensitive), in order, as text.
+    pub fn header_values<'s>(&'s self, name: &'s str) -> impl Iterator<Item = &'a str> + 's {
         self.headers
             .iter()
-            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
             .filter_map(|(_, v)| std::str::from_utf8(v).ok())
+    }
+
+    fn header_has_token(&self, name: &str, token: &str) -> bool {
+        self.header_values(name)
             .flat_map(|v| v.split(','))
             .any(|t| t.trim().eq_ignore_ascii_case(token))
+    }
+
+    /// The permessage-deflate offer this server accepts, if the client made one.
+    pub fn deflate_offer(&self) -> Option<crate::deflate::DeflateParams> {
+        crate::deflate::negotiate(self.header_values("sec-websocket-extensions"))
     }
 
     /// Whether the client asks for a WebSocket (`Upgrade: websocket`, `Connection: upgrade`).
@@ -175,8 +185,20 @@ pub fn percent_decode(s: &str) -> Cow<'_, str> {
 
 /// The `101 Switching Protocols` response.
 pub fn upgrade_response(accept: &str) -> Vec<u8> {
+    upgrade_response_with(accept, None)
+}
+
+/// The `101 Switching Protocols` response, naming the extension accepted if there is one.
+pub fn upgrade_response_with(
+    accept: &str,
+    deflate: Option<&crate::deflate::DeflateParams>,
+) -> Vec<u8> {
+    let extensions = match deflate {
+        Some(p) => format!("Sec-WebSocket-Extensions: {}\r\n", p.response_header()),
+        None => String::new(),
+    };
     format!(
-        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n{extensions}\r\n"
     )
     .into_bytes()
 }

@@ -15,7 +15,7 @@ pub use sockets::*;
 use super::Server;
 use base64::Engine as _;
 use bytes::BytesMut;
-use chat_wire::frame::{apply_mask, parse_frame, Message, MessageAssembler, Role};
+use chat_wire::frame::{apply_mask, parse_frame_ext, Message, MessageAssembler, Role};
 use chat_wire::handshake::{accept_key, client_request};
 use serde_json::Value;
 use std::io::{ErrorKind, Read, Write};
@@ -198,6 +198,12 @@ pub struct Ws {
     pub asm: MessageAssembler,
     /// The case being run, for failure messages.
     pub case: String,
+    /// The `Sec-WebSocket-Extensions` the server answered: permessage-deflate is on when set
+    /// (RSV1 frames are then read and inflated).
+    pub extensions: Option<String>,
+    /// Server frames that came with RSV1 set (compressed), and their bytes.
+    pub compressed_frames: usize,
+    pub compressed_bytes: usize,
 }
 
 impl Ws {
@@ -208,10 +214,25 @@ impl Ws {
 
     /// Connects as `user`; `early` bytes go out in the same write as the upgrade request.
     pub fn connect_with(addr: SocketAddr, user: &str, case: &str, early: &[u8]) -> Ws {
+        Ws::connect_offering(addr, user, case, early, None)
+    }
+
+    /// Connects as `user`, offering these extensions (`Sec-WebSocket-Extensions`).
+    pub fn connect_offering(
+        addr: SocketAddr,
+        user: &str,
+        case: &str,
+        early: &[u8],
+        extensions: Option<&str>,
+    ) -> Ws {
         let mut stream = tcp(addr);
         let key = ws_key();
-        let mut request =
-            client_request(&addr.to_string(), &format!("/ws?user={user}"), &key).into_bytes();
+        let mut request = client_request(&addr.to_string(), &format!("/ws?user={user}"), &key);
+        if let Some(ext) = extensions {
+            request.truncate(request.len() - 2);
+            request.push_str(&format!("Sec-WebSocket-Extensions: {ext}\r\n\r\n"));
+        }
+        let mut request = request.into_bytes();
         request.extend_from_slice(early);
         stream
             .write_all(&request)
@@ -225,11 +246,19 @@ impl Ws {
             Some(expected.as_str()),
             "{case}: {resp:?}"
         );
+        let extensions = resp.header("sec-websocket-extensions").map(str::to_owned);
+        let asm = match &extensions {
+            Some(_) => MessageAssembler::with_inflater(1 << 24),
+            None => MessageAssembler::new(1 << 24),
+        };
         Ws {
             stream,
             buf,
-            asm: MessageAssembler::new(1 << 24),
+            asm,
             case: case.to_owned(),
+            extensions,
+            compressed_frames: 0,
+            compressed_bytes: 0,
         }
     }
 
@@ -265,8 +294,13 @@ impl Ws {
 
     pub fn try_next(&mut self) -> Result<Message, ReadError> {
         loop {
-            match parse_frame(&mut self.buf, Role::Client, 1 << 24) {
+            let deflate = self.extensions.is_some();
+            match parse_frame_ext(&mut self.buf, Role::Client, 1 << 24, deflate) {
                 Ok(Some(frame)) => {
+                    if frame.rsv1 {
+                        self.compressed_frames += 1;
+                        self.compressed_bytes += frame.payload.len();
+                    }
                     if let Some(m) = self.asm.push(frame).map_err(ReadError::Frame)? {
                         return Ok(m);
                     }

@@ -1,8 +1,10 @@
 //! From frames to messages (RFC 6455 sections 5.4, 5.5.1 and 8.1): fragments joined and their
 //! UTF-8 checked as they arrive, oversized messages dropped without closing, close payloads
-//! checked.
+//! checked. With permessage-deflate (RFC 7692) a message whose first frame has RSV1 is inflated
+//! once whole, within the message limit.
 
 use super::{close_code, Frame, FrameError, OpCode};
+use crate::deflate::{InflateError, Inflater};
 use bytes::BytesMut;
 
 /// A complete message, or a control frame, as the application sees it.
@@ -28,12 +30,16 @@ struct Partial {
     utf8_valid: usize,
     /// Past the size limit: keep counting fragments, drop their bytes.
     discarding: bool,
+    /// RSV1 was set on the first frame: `data` is DEFLATE, inflated at the end.
+    compressed: bool,
 }
 
 /// Reassembles fragmented messages and validates text (RFC 6455 sections 5.4 and 8.1).
 pub struct MessageAssembler {
     max_message: usize,
     partial: Option<Partial>,
+    /// Set when the connection negotiated permessage-deflate.
+    inflater: Option<Inflater>,
 }
 
 impl MessageAssembler {
@@ -42,11 +48,41 @@ impl MessageAssembler {
         MessageAssembler {
             max_message,
             partial: None,
+            inflater: None,
+        }
+    }
+
+    /// An assembler for a connection that negotiated permessage-deflate: compressed messages
+    /// are inflated, and one that inflates past `max_message` closes with 1009.
+    pub fn with_inflater(max_message: usize) -> Self {
+        MessageAssembler {
+            inflater: Some(Inflater::default()),
+            ..MessageAssembler::new(max_message)
         }
     }
 
     /// Feeds one frame; returns a message once one is complete.
     pub fn push(&mut self, frame: Frame) -> Result<Option<Message>, FrameError> {
+        if frame.rsv1 {
+            if frame.opcode.is_control() {
+                return Err(FrameError::new(
+                    close_code::PROTOCOL,
+                    "compressed control frame",
+                ));
+            }
+            if frame.opcode == OpCode::Continuation {
+                return Err(FrameError::new(
+                    close_code::PROTOCOL,
+                    "RSV1 set on a continuation frame",
+                ));
+            }
+            if self.inflater.is_none() {
+                return Err(FrameError::new(
+                    close_code::PROTOCOL,
+                    "reserved bits set without an extension",
+                ));
+            }
+        }
         match frame.opcode {
             OpCode::Ping => Ok(Some(Message::Ping(frame.payload))),
             OpCode::Pong => Ok(Some(Message::Pong(frame.payload))),
@@ -59,13 +95,15 @@ impl MessageAssembler {
                     ));
                 }
                 if frame.fin {
-                    return Ok(Some(finish(frame.opcode, frame.payload)?));
+                    let data = self.inflate_if(frame.rsv1, frame.payload)?;
+                    return Ok(Some(finish(frame.opcode, data)?));
                 }
                 let mut partial = Partial {
                     opcode: frame.opcode,
                     data: BytesMut::new(),
                     utf8_valid: 0,
                     discarding: false,
+                    compressed: frame.rsv1,
                 };
                 partial.append(&frame.payload, self.max_message)?;
                 self.partial = Some(partial);
@@ -86,9 +124,29 @@ impl MessageAssembler {
                 if partial.discarding {
                     return Ok(Some(Message::TooLarge));
                 }
-                Ok(Some(finish(partial.opcode, partial.data)?))
+                let data = self.inflate_if(partial.compressed, partial.data)?;
+                Ok(Some(finish(partial.opcode, data)?))
             }
         }
+    }
+
+    /// The message's bytes: inflated when it came compressed.
+    fn inflate_if(&mut self, compressed: bool, data: BytesMut) -> Result<BytesMut, FrameError> {
+        if !compressed {
+            return Ok(data);
+        }
+        let inflater = self.inflater.as_mut().expect("checked in push");
+        inflater
+            .inflate(&data, self.max_message)
+            .map_err(|e| match e {
+                InflateError::TooBig => {
+                    FrameError::new(close_code::TOO_BIG, "message inflates past the size limit")
+                }
+                InflateError::Corrupt => FrameError::new(
+                    close_code::INVALID_PAYLOAD,
+                    "compressed message is not valid DEFLATE",
+                ),
+            })
     }
 }
 
@@ -98,12 +156,19 @@ impl Partial {
             return Ok(());
         }
         if self.data.len() + bytes.len() > max {
+            if self.compressed {
+                // Compressed bytes alone over the limit: the message can only inflate larger.
+                return Err(FrameError::new(
+                    close_code::TOO_BIG,
+                    "compressed message over the size limit",
+                ));
+            }
             self.discarding = true;
             self.data = BytesMut::new();
             return Ok(());
         }
         self.data.extend_from_slice(bytes);
-        if self.opcode == OpCode::Text {
+        if self.opcode == OpCode::Text && !self.compressed {
             // Validate what arrived so far; an incomplete sequence at the very end may still be
             // completed by the next fragment.
             match simdutf8::compat::from_utf8(&self.data[self.utf8_valid..]) {

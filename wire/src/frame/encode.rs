@@ -29,8 +29,19 @@ pub fn put_header(
     }
 }
 
+/// Writes the header of an unmasked final text frame whose payload is compressed
+/// (permessage-deflate sets RSV1 on a message's first frame, RFC 7692 section 6).
+pub fn put_compressed_text_header(out: &mut BytesMut, len: usize) {
+    let at = out.len();
+    put_header(out, true, OpCode::Text, len, None);
+    out[at] |= RSV1;
+}
+
+/// The reserved bit permessage-deflate uses to mark a compressed message.
+pub const RSV1: u8 = 0x40;
+
 /// Longest frame header without the masking key: 2 bytes + a 64-bit length.
-const MAX_HEADER: usize = 10;
+pub const MAX_HEADER: usize = 10;
 
 /// The header of an unmasked final text frame, on the stack: the bytes and how many are used.
 /// The same encoding as [`put_header`], which keeps writing straight into its buffer (going

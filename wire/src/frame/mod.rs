@@ -24,10 +24,11 @@ mod tests;
 
 pub use assemble::{is_valid_close_code, parse_close_payload, Message, MessageAssembler};
 pub use encode::{
-    encode_close, encode_frame, encode_masked_frame, encode_text_with, payload_of, put_header,
+    encode_close, encode_frame, encode_masked_frame, encode_text_with, payload_of,
+    put_compressed_text_header, put_header, MAX_HEADER, RSV1,
 };
 pub use mask::apply_mask;
-pub use parse::parse_frame;
+pub use parse::{parse_frame, parse_frame_ext};
 
 use bytes::BytesMut;
 
@@ -105,6 +106,9 @@ pub enum Role {
 #[derive(Debug)]
 pub struct Frame {
     pub fin: bool,
+    /// RSV1: the message this frame starts is compressed (permessage-deflate only; see
+    /// [`parse_frame_ext`]).
+    pub rsv1: bool,
     pub opcode: OpCode,
     pub payload: BytesMut,
 }

@@ -3,7 +3,7 @@
 //! limits) and against the size limit before its payload is buffered.
 
 use super::mask::apply_mask;
-use super::{close_code, Frame, FrameError, OpCode, Role};
+use super::{close_code, Frame, FrameError, OpCode, Role, RSV1};
 use bytes::{Buf, BytesMut};
 
 /// Takes one complete frame off the front of `buf`, or returns `Ok(None)` when more bytes are
@@ -14,13 +14,26 @@ pub fn parse_frame(
     role: Role,
     max_payload: usize,
 ) -> Result<Option<Frame>, FrameError> {
+    parse_frame_ext(buf, role, max_payload, false)
+}
+
+/// [`parse_frame`] on a connection that negotiated permessage-deflate (`rsv1_allowed`): RSV1
+/// is then read into [`Frame::rsv1`] instead of refused; RSV2 and RSV3 stay errors.
+pub fn parse_frame_ext(
+    buf: &mut BytesMut,
+    role: Role,
+    max_payload: usize,
+    rsv1_allowed: bool,
+) -> Result<Option<Frame>, FrameError> {
     if buf.len() < 2 {
         return Ok(None);
     }
     let b0 = buf[0];
     let b1 = buf[1];
     let fin = b0 & 0x80 != 0;
-    if b0 & 0x70 != 0 {
+    let rsv1 = b0 & RSV1 != 0;
+    let reserved = if rsv1_allowed { 0x30 } else { 0x70 };
+    if b0 & reserved != 0 {
         return Err(FrameError::new(
             close_code::PROTOCOL,
             "reserved bits set without an extension",
@@ -127,6 +140,7 @@ pub fn parse_frame(
     }
     Ok(Some(Frame {
         fin,
+        rsv1,
         opcode,
         payload,
     }))

@@ -111,6 +111,7 @@ fn utf8_split_across_fragments_is_accepted_and_bad_utf8_fails_fast() {
     let mut asm = MessageAssembler::new(1024);
     let f = |fin, op, p: &[u8]| Frame {
         fin,
+        rsv1: false,
         opcode: op,
         payload: BytesMut::from(p),
     };
@@ -143,6 +144,7 @@ fn oversized_fragmented_message_is_dropped_not_fatal() {
     let mut asm = MessageAssembler::new(10);
     let f = |fin, op, p: &[u8]| Frame {
         fin,
+        rsv1: false,
         opcode: op,
         payload: BytesMut::from(p),
     };
@@ -166,6 +168,7 @@ fn oversized_fragmented_message_is_dropped_not_fatal() {
 fn fragmentation_errors() {
     let f = |fin, op, p: &[u8]| Frame {
         fin,
+        rsv1: false,
         opcode: op,
         payload: BytesMut::from(p),
     };
