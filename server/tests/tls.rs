@@ -78,13 +78,19 @@ impl Files {
     }
 
     fn start(&self) -> Server {
+        self.start_with(&[])
+    }
+
+    fn start_with(&self, extra: &[&str]) -> Server {
         let (cert, key) = (self.cert(), self.key());
-        Server::start(&[
+        let mut args = vec![
             "--tls-cert",
             cert.to_str().unwrap(),
             "--tls-key",
             key.to_str().unwrap(),
-        ])
+        ];
+        args.extend_from_slice(extra);
+        Server::start(&args)
     }
 }
 
@@ -258,6 +264,50 @@ async fn https_serves_healthz_and_metrics() {
         .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
         .sum();
     assert!(failures >= 1, "{failures}");
+}
+
+#[tokio::test]
+async fn both_io_drivers_batch_writes_and_bound_a_stalled_handshake() {
+    let cert = self_signed("chat test");
+    let files = Files::new(&cert);
+    let tls = tls13(&[&cert]);
+    for driver in ["auto", "epoll"] {
+        let server = files.start_with(&["--io-driver", driver, "--head-timeout-ms", "300"]);
+
+        // Pipelined sends: acks and msgs leave in multi-frame batches, many per TLS record.
+        let mut ws = wss(&tls, server.addr, "alice").await;
+        send(&mut ws, json!({"type":"join","room":"p"})).await;
+        until(&mut ws, "joined").await;
+        for i in 0..300 {
+            let body = format!("{i:0>200}");
+            ws.feed(Message::text(
+                send_req("p", &i.to_string(), &body).to_string(),
+            ))
+            .await
+            .unwrap();
+        }
+        ws.flush().await.unwrap();
+        let (mut acks, mut msgs) = (0, 0);
+        while acks < 300 || msgs < 300 {
+            match next_json(&mut ws).await["type"].as_str() {
+                Some("ack") => acks += 1,
+                Some("msg") => msgs += 1,
+                other => panic!("{driver}: unexpected {other:?}"),
+            }
+        }
+
+        let (status, _) = plain_http_get(server.addr, "/");
+        assert_eq!(status, 400, "{driver}");
+
+        // A client that starts a handshake and stalls is closed after --head-timeout-ms.
+        let mut stalled = std::net::TcpStream::connect(server.addr).unwrap();
+        stalled.write_all(&[0x16, 3, 1]).unwrap();
+        stalled.set_read_timeout(Some(TIMEOUT)).unwrap();
+        let started = Instant::now();
+        let n = stalled.read(&mut [0; 64]).expect("closed, not timed out");
+        assert_eq!(n, 0, "{driver}");
+        assert!(started.elapsed() < Duration::from_secs(3), "{driver}");
+    }
 }
 
 /// A plain-text HTTP request, answer read to the server's close.
