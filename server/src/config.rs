@@ -11,9 +11,20 @@ use std::net::SocketAddr;
 #[command(name = "chat-server", version)]
 pub struct Config {
     /// Address to listen on. Port 0 picks a free port; the chosen address is printed as
-    /// `listening on http://ADDR` once every core accepts connections.
+    /// `listening on http://ADDR` (`https://` with `--tls-cert`) once every core accepts
+    /// connections.
     #[arg(long, env = "CHAT_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+
+    /// PEM certificate chain (leaf first): with `--tls-key`, the listen port speaks TLS only
+    /// (`wss://`, `https://`; TLS 1.2 and 1.3, ALPN `http/1.1`). SIGHUP reads both files again
+    /// without dropping connections; a reload that fails keeps the current certificate.
+    #[arg(long, env = "CHAT_TLS_CERT", value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+
+    /// PEM private key of `--tls-cert` (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "CHAT_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
 
     /// Event-loop threads, one per core (default: the number of cores).
     #[arg(long, env = "CHAT_THREADS")]

@@ -22,10 +22,11 @@ use chat_wire::frame::{
 use chat_wire::handshake::{parse_request, upgrade_response_with};
 use chat_wire::protocol::{ErrorCode, RequestError};
 use monoio::buf::IoBufMut;
-use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Split, Splitable};
 use monoio::net::TcpStream;
+use monoio::time::Instant;
 use std::future::poll_fn;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::task::Poll;
 use std::time::Duration;
@@ -39,7 +40,8 @@ const READ_MIN: usize = 4 * 1024;
 /// The most spare room a read is given, once reads fill what they get (a busy connection).
 const READ_MAX: usize = 16 * 1024;
 
-/// Serves one accepted TCP connection to the end.
+/// Serves one accepted TCP connection to the end: over TLS when the server has a certificate
+/// (the handshake, like the request head, within `--head-timeout-ms`).
 pub async fn serve(core: CoreRef, mut stream: TcpStream, peer: std::net::IpAddr) {
     let _ = stream.set_nodelay(true);
     let node = core.borrow().node.clone();
@@ -66,8 +68,32 @@ pub async fn serve(core: CoreRef, mut stream: TcpStream, peer: std::net::IpAddr)
     counters
         .handshaking
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let head_timeout = Duration::from_millis(node.config.head_timeout_ms.max(1));
-    let head = monoio::time::timeout(head_timeout, read_head(&mut stream, &node)).await;
+    let deadline = Instant::now() + Duration::from_millis(node.config.head_timeout_ms.max(1));
+    let fd = stream.as_raw_fd();
+    let Some(tls) = &node.tls else {
+        return serve_stream(core, stream, fd, deadline).await;
+    };
+    match monoio::time::timeout_at(deadline, tls.accept(stream)).await {
+        Ok(Some(stream)) => serve_stream(core, stream, fd, deadline).await,
+        _ => {
+            inc(&counters.tls_handshake_failures);
+            counters
+                .handshaking
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
+/// Serves a connection (plain, or after its TLS handshake) from its request head on; `fd` is
+/// its TCP socket's.
+async fn serve_stream<S>(core: CoreRef, mut stream: S, fd: RawFd, deadline: Instant)
+where
+    S: AsyncReadRent + AsyncWriteRent + Split + 'static,
+{
+    let node = core.borrow().node.clone();
+    let core_id = core.borrow().id;
+    let counters = &node.metrics.cores[core_id];
+    let head = monoio::time::timeout_at(deadline, read_head(&mut stream, &node)).await;
     counters
         .handshaking
         .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
@@ -104,12 +130,7 @@ pub async fn serve(core: CoreRef, mut stream: TcpStream, peer: std::net::IpAddr)
     resp.splice(at..at, format!("X-Chat-Core: {core_id}\r\n").into_bytes());
     // Registered before the 101 goes out, so that the client's first request finds it.
     let window = deflate.map(|d| d.server_max_window_bits);
-    let io = Rc::new(ConnIo::new(
-        stream.as_raw_fd(),
-        node.clone(),
-        core_id,
-        window,
-    ));
+    let io = Rc::new(ConnIo::new(fd, node.clone(), core_id, window));
     let conn = core.borrow_mut().add_conn(&user, io.clone());
     if stream.write_all(resp).await.0.is_err() {
         core.borrow_mut().remove_conn(conn);
@@ -126,7 +147,7 @@ pub async fn serve(core: CoreRef, mut stream: TcpStream, peer: std::net::IpAddr)
 /// Reads the request head and routes it: (head length, route, the buffer with what followed
 /// the head). `None` when the client went away or sent a bad head (answered here).
 async fn read_head(
-    stream: &mut TcpStream,
+    stream: &mut (impl AsyncReadRent + AsyncWriteRent),
     node: &crate::node::Node,
 ) -> Option<(usize, Route, BytesMut)> {
     let mut buf = BytesMut::with_capacity(READ_MIN);

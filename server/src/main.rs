@@ -26,6 +26,7 @@ mod rate_limit;
 mod replies;
 mod runtime;
 mod store;
+mod tls;
 
 use clap::Parser;
 use node::Node;
@@ -44,8 +45,19 @@ fn main() {
             std::process::exit(2);
         }
     };
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => match tls::Tls::load(cert, key) {
+            Ok(tls) => Some(tls),
+            Err(e) => {
+                eprintln!("error: {e}");
+                std::process::exit(2);
+            }
+        },
+        _ => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
     // Signals are taken by one thread with sigwait; every other thread inherits the mask.
-    let signals = block_shutdown_signals();
+    let signals = block_signals();
 
     // Bind the first listener here so that port 0 resolves once; every core then binds the
     // same address with SO_REUSEPORT and the kernel spreads connections among them.
@@ -60,7 +72,7 @@ fn main() {
     };
     let addr = first.local_addr().expect("local address");
     let cluster = cluster_config(&config);
-    let node = Node::new(config, threads, cluster.is_some());
+    let node = Node::new(config, threads, cluster.is_some(), tls);
     let bus = cluster.map(|cfg| {
         bus::cluster::start(node.clone(), cfg, std::time::Duration::from_secs(30)).unwrap_or_else(
             |e| {
@@ -91,7 +103,7 @@ fn main() {
     for _ in 0..threads {
         ready_rx.recv().expect("core started");
     }
-    println!("listening on http://{addr}");
+    println!("listening on {scheme}://{addr}");
     match &bus {
         Some(_) => {
             tracing::info!(%addr, threads, "chat-server ready (cluster: rooms ordered by Redis)")
@@ -103,7 +115,12 @@ fn main() {
 
     let drain_node = node.clone();
     std::thread::spawn(move || {
-        let sig = wait_for_signal(&signals);
+        let sig = loop {
+            match wait_for_signal(&signals) {
+                libc::SIGHUP => reload_tls(&drain_node),
+                sig => break sig,
+            }
+        };
         tracing::info!(signal = sig, "draining");
         drain_node.start_draining();
         std::thread::sleep(std::time::Duration::from_secs_f64(
@@ -177,12 +194,29 @@ fn bind(addr: SocketAddr, send_buffer: usize) -> std::io::Result<std::net::TcpLi
     Ok(socket.into())
 }
 
-fn block_shutdown_signals() -> libc::sigset_t {
+/// SIGHUP: reads the TLS certificate and key again; new handshakes use them, open connections
+/// keep theirs. A failed reload keeps the current certificate.
+fn reload_tls(node: &Node) {
+    match &node.tls {
+        Some(tls) => match tls.reload() {
+            Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
+            Err(e) => {
+                tracing::error!(error = %e, "SIGHUP: TLS reload failed, the current certificate stays")
+            }
+        },
+        None => tracing::info!("SIGHUP ignored: no --tls-cert to reload"),
+    }
+}
+
+/// Blocks SIGTERM, SIGINT (drain) and SIGHUP (TLS reload) for every thread; one thread takes
+/// them with [`wait_for_signal`].
+fn block_signals() -> libc::sigset_t {
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGTERM);
         libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGHUP);
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         set
     }

@@ -19,6 +19,9 @@ pub struct CoreCounters {
     /// Accepted sockets still sending their request head (gauge), and heads that timed out.
     pub handshaking: AtomicU64,
     pub head_timeouts: AtomicU64,
+    /// Connections to a TLS port that did not finish the handshake in time, failed it, or were
+    /// not TLS at all (plain HTTP is answered 400).
+    pub tls_handshake_failures: AtomicU64,
     /// Accepts that failed for want of a file descriptor (EMFILE/ENFILE; see accept.rs).
     pub accept_fd_exhausted: AtomicU64,
     pub connections_total: AtomicU64,
@@ -134,7 +137,7 @@ impl Metrics {
     pub fn render(&self, draining: bool) -> String {
         let mut out = String::with_capacity(4096);
         type Field = fn(&CoreCounters) -> &AtomicU64;
-        let series: [(&str, &str, &str, Field); 26] = [
+        let series: [(&str, &str, &str, Field); 27] = [
             (
                 "chat_connections",
                 "gauge",
@@ -152,6 +155,12 @@ impl Metrics {
                 "counter",
                 "Request heads not finished within --head-timeout-ms (answered 408, closed).",
                 |c| &c.head_timeouts,
+            ),
+            (
+                "chat_tls_handshake_failures_total",
+                "counter",
+                "Connections to the TLS port that failed or did not finish the handshake within --head-timeout-ms, or were not TLS.",
+                |c| &c.tls_handshake_failures,
             ),
             (
                 "chat_accept_fd_exhausted_total",

@@ -23,10 +23,17 @@ pub struct Node {
     pub auth: Option<crate::auth::JwtAuth>,
     /// Sockets per client address (`--max-connections-per-ip`).
     pub per_ip: crate::per_ip::PerIp,
+    /// TLS on the listen port (`--tls-cert`, `--tls-key`); plain TCP without.
+    pub tls: Option<crate::tls::Tls>,
 }
 
 impl Node {
-    pub fn new(config: Config, threads: usize, cluster: bool) -> Arc<Node> {
+    pub fn new(
+        config: Config,
+        threads: usize,
+        cluster: bool,
+        tls: Option<crate::tls::Tls>,
+    ) -> Arc<Node> {
         Arc::new(Node {
             threads,
             mailboxes: (0..threads + cluster as usize)
@@ -38,6 +45,7 @@ impl Node {
             draining: AtomicBool::new(false),
             auth: config.jwt_secret.as_deref().map(crate::auth::JwtAuth::new),
             per_ip: crate::per_ip::PerIp::new(config.max_connections_per_ip),
+            tls,
             config,
         })
     }

@@ -1,7 +1,8 @@
 //! Test support: start a real `chat-server` process and talk to it.
 //!
 //! Every integration test starts its own server on a free port (`--listen 127.0.0.1:0`); the
-//! server prints `listening on http://ADDR` on stdout once every core accepts connections.
+//! server prints `listening on http://ADDR` (`https://` with TLS) on stdout once every core
+//! accepts connections.
 #![allow(dead_code)]
 
 pub mod client;
@@ -53,6 +54,7 @@ impl Server {
             .expect("server did not report its address");
         let addr = line
             .strip_prefix("listening on http://")
+            .or_else(|| line.strip_prefix("listening on https://"))
             .unwrap_or_else(|| panic!("unexpected first line: {line}"))
             .parse()
             .expect("address");
