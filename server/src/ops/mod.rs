@@ -12,6 +12,9 @@ mod resume;
 mod send;
 mod typing;
 
+pub use history::ask as history_of_any_room;
+pub use send::apply_unjoined as publish_unjoined;
+
 use crate::core::Core;
 use crate::messages::ConnId;
 use crate::metrics::inc;

@@ -23,21 +23,39 @@ pub fn apply(
     cid: &str,
     body: &str,
 ) -> Result<(), RequestError> {
-    let with_cid = |e: RequestError| e.with_cid(Some(cid));
     let c = &core.conns[&conn];
-    let dm = if super::is_own_dm(room, &c.user).map_err(with_cid)? {
-        let (a, b) = dm_members(room).expect("checked");
-        Some((Name::from(a), Name::from(b)))
-    } else if c.rooms.contains_key(room) {
-        None
-    } else {
+    let dm = dm_users(room, &c.user).map_err(|e| e.with_cid(Some(cid)))?;
+    if dm.is_none() && !c.rooms.contains_key(room) {
         let e = RequestError::new(
             ErrorCode::NotJoined,
             format!("join {room:?} before sending to it"),
         );
-        return Err(with_cid(e));
-    };
+        return Err(e.with_cid(Some(cid)));
+    }
     publish(core, conn, room.into(), cid, body, dm)
+}
+
+/// The server publish API's `send` (`api/publish.rs`): as [`apply`], but an ordinary room
+/// needs no `join` (the API speaks for a backend, not for a member). Direct-message rooms
+/// still only take messages from their two users (`forbidden`).
+pub fn apply_unjoined(
+    core: &mut Core,
+    conn: ConnId,
+    room: &str,
+    cid: &str,
+    body: &str,
+) -> Result<(), RequestError> {
+    let dm = dm_users(room, &core.conns[&conn].user).map_err(|e| e.with_cid(Some(cid)))?;
+    publish(core, conn, room.into(), cid, body, dm)
+}
+
+/// The two users of a direct-message room `user` may write to; `None` for an ordinary room.
+fn dm_users(room: &str, user: &str) -> Result<Option<(Name, Name)>, RequestError> {
+    if !super::is_own_dm(room, user)? {
+        return Ok(None);
+    }
+    let (a, b) = dm_members(room).expect("checked");
+    Ok(Some((Name::from(a), Name::from(b))))
 }
 
 /// Checks the connection's limits and hands the message to the room's owner.
