@@ -19,6 +19,7 @@ use crate::core::{Core, CoreRef};
 use crate::http::Route;
 use crate::messages::{ConnId, Name};
 use crate::node::Node;
+use crate::ops::Sender;
 use crate::rate_limit::TokenBucket;
 use ahash::AHashMap;
 use bytes::BytesMut;
@@ -90,15 +91,12 @@ pub async fn serve<S: AsyncReadRent + AsyncWriteRent>(
             return Some(error(408, "bad_request", why, None));
         }
     };
-    let (from, room, cid, text) = match parse(core, &body) {
-        Ok(parts) => parts,
+    let message = match parse(core, &body) {
+        Ok(message) => message,
         Err(e) => return Some(request_error(&e)),
     };
-    let payload = match exchange(core, &from, |c, conn| {
-        publish_as(c, conn, &room, &cid, &text)
-    })
-    .await
-    {
+    let asked = exchange(core, &message.from, |c, conn| publish_as(c, conn, &message));
+    let payload = match asked.await {
         Ok(payload) => payload,
         Err(resp) => return Some(resp),
     };
@@ -127,9 +125,17 @@ async fn read_body<S: AsyncReadRent>(
     Some(buf)
 }
 
-/// The checked (`from`, room, cid, body) of a publish body: `from` by `validate_user`, the rest
-/// by the very decoder that checks a `send`.
-fn parse(core: &CoreRef, body: &[u8]) -> Result<(String, String, String, String), RequestError> {
+/// A publish request's message, checked.
+struct Message {
+    from: String,
+    room: String,
+    cid: String,
+    body: String,
+}
+
+/// The checked message of a publish body: `from` by `validate_user`, the rest by the very
+/// decoder that checks a `send`.
+fn parse(core: &CoreRef, body: &[u8]) -> Result<Message, RequestError> {
     let v: Value =
         serde_json::from_slice(body).map_err(|e| bad_request(format!("invalid JSON: {e}")))?;
     let Some(obj) = v.as_object() else {
@@ -151,9 +157,12 @@ fn parse(core: &CoreRef, body: &[u8]) -> Result<(String, String, String, String)
     }
     let mut send = serde_json::to_vec(&send).expect("JSON");
     match core.borrow_mut().decoder.decode(&mut send)? {
-        ClientOp::Send { room, cid, body } => {
-            Ok((from.clone(), room.into(), cid.into(), body.into()))
-        }
+        ClientOp::Send { room, cid, body } => Ok(Message {
+            from: from.clone(),
+            room: room.into(),
+            cid: cid.into(),
+            body: body.into(),
+        }),
         other => unreachable!("a send decodes as a send: {other:?}"),
     }
 }
@@ -168,13 +177,7 @@ thread_local! {
 const RATES_KEPT: usize = 4096;
 
 /// `send` without the join, with the user's bucket of this core as the connection's.
-fn publish_as(
-    core: &mut Core,
-    conn: ConnId,
-    room: &str,
-    cid: &str,
-    body: &str,
-) -> Result<(), RequestError> {
+fn publish_as(core: &mut Core, conn: ConnId, m: &Message) -> Result<(), RequestError> {
     let cfg = &core.node.config;
     let (rate, burst) = (cfg.rate_limit, cfg.rate_burst);
     let c = core.conns.get_mut(&conn).expect("the request's connection");
@@ -182,7 +185,7 @@ fn publish_as(
     if let Some(bucket) = RATES.with_borrow_mut(|r| r.remove(&user)) {
         c.rate = bucket;
     }
-    let result = crate::ops::publish_unjoined(core, conn, room, cid, body);
+    let result = crate::ops::send(core, conn, &m.room, &m.cid, &m.body, Sender::Api);
     let c = core.conns.get_mut(&conn).expect("the request's connection");
     let bucket = std::mem::replace(&mut c.rate, TokenBucket::new(burst));
     RATES.with_borrow_mut(|rates| {

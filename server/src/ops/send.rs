@@ -16,36 +16,31 @@ use crate::messages::{ConnId, CoreMsg, Name};
 use chat_wire::protocol::{dm_members, ErrorCode, RequestError};
 use std::time::Instant;
 
+/// Who sends: a member of the room (a connection's `send`), or the server API, which speaks for
+/// a backend and needs no `join` (`api/publish.rs`). Direct-message rooms take messages from
+/// their two users only, either way (`forbidden`).
+pub enum Sender {
+    Member,
+    Api,
+}
+
 pub fn apply(
     core: &mut Core,
     conn: ConnId,
     room: &str,
     cid: &str,
     body: &str,
+    sender: Sender,
 ) -> Result<(), RequestError> {
     let c = &core.conns[&conn];
     let dm = dm_users(room, &c.user).map_err(|e| e.with_cid(Some(cid)))?;
-    if dm.is_none() && !c.rooms.contains_key(room) {
+    if dm.is_none() && matches!(sender, Sender::Member) && !c.rooms.contains_key(room) {
         let e = RequestError::new(
             ErrorCode::NotJoined,
             format!("join {room:?} before sending to it"),
         );
         return Err(e.with_cid(Some(cid)));
     }
-    publish(core, conn, room.into(), cid, body, dm)
-}
-
-/// The server publish API's `send` (`api/publish.rs`): as [`apply`], but an ordinary room
-/// needs no `join` (the API speaks for a backend, not for a member). Direct-message rooms
-/// still only take messages from their two users (`forbidden`).
-pub fn apply_unjoined(
-    core: &mut Core,
-    conn: ConnId,
-    room: &str,
-    cid: &str,
-    body: &str,
-) -> Result<(), RequestError> {
-    let dm = dm_users(room, &core.conns[&conn].user).map_err(|e| e.with_cid(Some(cid)))?;
     publish(core, conn, room.into(), cid, body, dm)
 }
 
