@@ -173,7 +173,10 @@ async fn exchange(
         Err(e) => Err(request_error(&e)),
         Ok(()) => match monoio::time::timeout(reply_wait(&node), reply_frame(&io)).await {
             Ok(Some(payload)) => Ok(payload),
-            Ok(None) => Err(error(503, "unavailable", "server shutting down", None)),
+            Ok(None) => {
+                let why = "server shutting down; retry on another node with the same cid";
+                Err(error(503, "unavailable", why, None))
+            }
             Err(_) => {
                 let why = "no answer in time; retry (a publish with the same cid is not repeated)";
                 Err(error(504, "unavailable", why, None))
@@ -190,10 +193,12 @@ async fn reply_frame(io: &ConnIo) -> Option<Bytes> {
     let mut frames = Vec::new();
     loop {
         poll_fn(|cx| io.poll_batch(cx, &mut frames)).await?;
-        // Text frames (opcode 1) only: an idle ping is no answer.
+        // Text frames (opcode 1) only: an idle ping is no answer, and nobody will pong it, so
+        // the connection counts as heard from (housekeeping closes silent ones).
         if let Some(text) = frames.iter().find(|f| f[0] & 0x0F == 1) {
             return Some(payload_of(text));
         }
+        io.touch();
         frames.clear();
     }
 }
