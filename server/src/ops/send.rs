@@ -4,7 +4,8 @@
 //! and a `msg` to every member of the room, the sender included.
 //!
 //! The sender must have joined the room (`not_joined`), or be one of the two users of a
-//! direct-message room (`forbidden` otherwise). The request is not awaited: the connection's next
+//! direct-message room (`forbidden` otherwise); the server publish API sends the same way
+//! without a join ([`Sender::Api`], `api/publish.rs`). The request is not awaited: the connection's next
 //! request is read while this one is with the room's owner, and acks still leave in request
 //! order. A `(from, cid)` seen in the room within the dedupe window is answered with the first
 //! message's seq and id and is not delivered again. Over the connection's rate: `rate_limited`;
