@@ -181,6 +181,11 @@ pub struct Config {
     #[arg(long, env = "CHAT_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
 
+    /// Bearer key of the server publish API (`POST /api/publish`, `GET /api/history`): backends
+    /// send `Authorization: Bearer <key>`. Unset: the API is off and `/api/*` answers 404.
+    #[arg(long, env = "CHAT_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+
     /// Browser origins allowed to open a WebSocket (comma-separated, e.g.
     /// `https://chat.example.com`). Empty: any. Requests without an Origin header (non-browser
     /// clients) are always allowed.
@@ -233,6 +238,9 @@ impl Config {
             return Err(
                 "--jwt-secret must not be empty (any token would be signed with it)".into(),
             );
+        }
+        if self.api_key.as_deref().is_some_and(|k| k.trim().is_empty()) {
+            return Err("--api-key must not be empty (anyone could publish as anyone)".into());
         }
         if self.require_origin && self.allowed_origins.is_empty() {
             return Err("--require-origin needs --allowed-origins".into());

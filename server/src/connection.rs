@@ -123,6 +123,12 @@ where
             user,
             deflate,
         } => (accept, user, deflate),
+        Route::Api(call) => {
+            inc(&node.metrics.cores[core_id].http_requests);
+            bytes::Buf::advance(&mut buf, head_len);
+            crate::api::serve(&core, stream, buf, call).await;
+            return;
+        }
     };
     let mut resp = upgrade_response_with(&accept, deflate.as_ref());
     // Which core serves the connection: lets tests and operators see the spread.
@@ -176,7 +182,7 @@ async fn read_head(
 /// Reads into the spare capacity of `buf`, first making room for `want` bytes when less than a
 /// quarter of that is free. The bytes read and whether they filled the room given; `None` at
 /// end of stream or on error.
-async fn read_more<R: AsyncReadRent>(
+pub async fn read_more<R: AsyncReadRent>(
     r: &mut R,
     mut buf: BytesMut,
     want: usize,

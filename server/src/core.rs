@@ -95,19 +95,27 @@ impl Core {
 
     /// Registers a new WebSocket connection of `user`.
     pub fn add_conn(&mut self, user: &str, io: Rc<ConnIo>) -> ConnId {
-        let id = self.next_conn;
-        self.next_conn += 1;
-        let user: Name = user.into();
+        let id = self.add_internal_conn(user, io);
+        let user = self.conns[&id].user.clone();
         let route = self.node.route_user(&user);
         let local = self.users.entry(user.clone()).or_default();
         if local.is_empty() {
             let msg = CoreMsg::Subscribe {
-                channel: Channel::User(user.clone()),
+                channel: Channel::User(user),
                 core: self.id,
             };
             self.out.push(route, msg);
         }
         local.push(id);
+        id
+    }
+
+    /// Registers a connection of `user` that hears only the replies to its own requests, not
+    /// the user's direct messages: a request of the server API (`api/mod.rs`).
+    pub fn add_internal_conn(&mut self, user: &str, io: Rc<ConnIo>) -> ConnId {
+        let id = self.next_conn;
+        self.next_conn += 1;
+        let user: Name = user.into();
         let (burst, room_burst) = (
             self.node.config.rate_burst,
             self.node.config.room_rate_burst,

@@ -1,5 +1,6 @@
 //! Plain HTTP on the server port: the chat page, health and metrics. Every connection starts
-//! here; `GET /ws` with upgrade headers leaves as a WebSocket.
+//! here; `GET /ws` with upgrade headers leaves as a WebSocket, `/api/*` as a request of the
+//! server API (`api/mod.rs`).
 
 use crate::node::Node;
 use chat_wire::deflate::DeflateParams;
@@ -23,6 +24,8 @@ pub enum Route {
         user: String,
         deflate: Option<DeflateParams>,
     },
+    /// A server API request (authorised), served with its body by `api::serve`.
+    Api(crate::api::Call),
 }
 
 pub fn route(req: &Request<'_>, node: &Node) -> Route {
@@ -41,6 +44,9 @@ pub fn route(req: &Request<'_>, node: &Node) -> Route {
 fn page(req: &Request<'_>, node: &Node) -> Route {
     if req.path == "/ws" {
         return websocket(req, node);
+    }
+    if req.path.starts_with("/api/") {
+        return crate::api::route(req, node);
     }
     if req.method != "GET" && req.method != "HEAD" {
         return text(405, "only GET is served here\n");

@@ -6,6 +6,7 @@
 //! [`core`] writes the shared frame to each member's socket.
 
 mod accept;
+mod api;
 mod auth;
 mod bus;
 mod compress;

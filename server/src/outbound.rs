@@ -388,7 +388,8 @@ impl ConnIo {
 
     /// Moves up to [`WRITE_BATCH`] queued frames into `frames` and gives their total length, or
     /// says that the writer is done (`None`: the connection is dead, or closed and flushed).
-    fn poll_batch(
+    /// The writer task's, or the server API's, whose connections have no socket (`api/mod.rs`).
+    pub fn poll_batch(
         &self,
         cx: &mut std::task::Context<'_>,
         frames: &mut Vec<Bytes>,

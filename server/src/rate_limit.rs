@@ -17,6 +17,12 @@ impl TokenBucket {
         }
     }
 
+    /// Whether the bucket would be full by `now`: then it is no different from a new one.
+    pub fn is_full(&self, rate: f64, burst: f64, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        rate <= 0.0 || self.tokens + elapsed * rate >= burst
+    }
+
     /// Takes one token; false when the connection is over its rate.
     pub fn take(&mut self, rate: f64, burst: f64, now: Instant) -> bool {
         if rate <= 0.0 {

@@ -2,51 +2,24 @@
 //! PostgreSQL, and back through `history`/`resume` once the Redis cache no longer holds it.
 //!
 //! Uses the real `chat-persister` binary from the same target directory (`cargo test
-//! --workspace` builds it); without it the test says `SKIPPED` (or fails when
-//! `CHAT_REQUIRE_E2E=1`, as `scripts/test.sh` sets).
+//! --workspace` builds it; `support/persister.rs`); without it the test says `SKIPPED` (or
+//! fails when `CHAT_REQUIRE_E2E=1`, as `scripts/test.sh` sets).
 
 mod support;
 
 use chat_testkit::RedisServer;
 use rdkafka::mocking::MockCluster;
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use support::client::{send_req, Client};
+use support::persister::Persister;
 use support::Server;
 use tokio_postgres::NoTls;
 
 const ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 
-fn persister_binary() -> Option<PathBuf> {
-    // The test executable lives in <target>/<profile>/deps/.
-    let exe = std::env::current_exe().ok()?;
-    let bin = exe.parent()?.parent()?.join("chat-persister");
-    bin.exists().then_some(bin)
-}
-
-struct Persister(Child);
-
-impl Drop for Persister {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test]
 async fn a_message_travels_to_postgres_and_back() {
-    let Some(bin) = persister_binary() else {
-        assert_ne!(
-            std::env::var("CHAT_REQUIRE_E2E").as_deref(),
-            Ok("1"),
-            "chat-persister is not built"
-        );
-        eprintln!("SKIPPED: chat-persister is not built (cargo build -p chat-persister)");
-        return;
-    };
     let db = format!("chat_e2e_{}", fastrand::u64(..));
     let (admin, conn) = tokio_postgres::connect(ADMIN_URL, NoTls)
         .await
@@ -61,26 +34,9 @@ async fn a_message_travels_to_postgres_and_back() {
     let kafka = MockCluster::new(3).expect("mock cluster");
     kafka.create_topic("chat.messages", 4, 3).unwrap();
     let brokers = kafka.bootstrap_servers();
-    let mut child = Command::new(bin)
-        .args([
-            "--kafka",
-            &brokers,
-            "--postgres",
-            &db_url,
-            "--metrics-listen",
-            "127.0.0.1:0",
-            "--batch-wait-ms",
-            "20",
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start chat-persister");
-    let first = BufReader::new(child.stdout.take().unwrap()).lines().next();
-    assert!(
-        first.is_some_and(|l| l.is_ok_and(|l| l.starts_with("metrics on"))),
-        "persister started"
-    );
-    let _persister = Persister(child);
+    let Some(_persister) = Persister::start(&brokers, &db_url) else {
+        return;
+    };
 
     let redis = RedisServer::start();
     let server = Server::start(&[

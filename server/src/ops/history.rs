@@ -20,6 +20,13 @@ pub fn apply(
     limit: u32,
 ) -> Result<(), RequestError> {
     super::is_own_dm(room, &core.conns[&conn].user)?;
+    ask(core, conn, room, before, limit);
+    Ok(())
+}
+
+/// Asks the room's owner for the page, with no check of who asks: `apply` after its checks, and
+/// the server API, which may read every room (`api/history.rs`).
+pub fn ask(core: &mut Core, conn: ConnId, room: &str, before: Option<u64>, limit: u32) {
     let reply = core.ticket(conn, None);
     let kind = FetchKind::History { before, limit };
     core.ask_owner(
@@ -33,5 +40,4 @@ pub fn apply(
             gauge: core.conns[&conn].io.replay_gauge(),
         }),
     );
-    Ok(())
 }

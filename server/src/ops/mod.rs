@@ -12,6 +12,9 @@ mod resume;
 mod send;
 mod typing;
 
+pub use history::ask as history_of_any_room;
+pub use send::{apply as send, Sender};
+
 use crate::core::Core;
 use crate::messages::ConnId;
 use crate::metrics::inc;
@@ -28,7 +31,9 @@ pub fn apply(core: &mut Core, conn: ConnId, op: ClientOp<'_>) -> Result<(), Requ
     match op {
         ClientOp::Join { room } => join::apply(core, conn, room),
         ClientOp::Leave { room } => leave::apply(core, conn, room),
-        ClientOp::Send { room, cid, body } => send::apply(core, conn, room, cid, body),
+        ClientOp::Send { room, cid, body } => {
+            send::apply(core, conn, room, cid, body, Sender::Member)
+        }
         ClientOp::Dm { to, cid, body } => dm::apply(core, conn, to, cid, body),
         ClientOp::History {
             room,

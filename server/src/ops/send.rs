@@ -4,7 +4,8 @@
 //! and a `msg` to every member of the room, the sender included.
 //!
 //! The sender must have joined the room (`not_joined`), or be one of the two users of a
-//! direct-message room (`forbidden` otherwise). The request is not awaited: the connection's next
+//! direct-message room (`forbidden` otherwise); the server publish API sends the same way
+//! without a join ([`Sender::Api`], `api/publish.rs`). The request is not awaited: the connection's next
 //! request is read while this one is with the room's owner, and acks still leave in request
 //! order. A `(from, cid)` seen in the room within the dedupe window is answered with the first
 //! message's seq and id and is not delivered again. Over the connection's rate: `rate_limited`;
@@ -16,28 +17,41 @@ use crate::messages::{ConnId, CoreMsg, Name};
 use chat_wire::protocol::{dm_members, ErrorCode, RequestError};
 use std::time::Instant;
 
+/// Who sends: a member of the room (a connection's `send`), or the server API, which speaks for
+/// a backend and needs no `join` (`api/publish.rs`). Direct-message rooms take messages from
+/// their two users only, either way (`forbidden`).
+pub enum Sender {
+    Member,
+    Api,
+}
+
 pub fn apply(
     core: &mut Core,
     conn: ConnId,
     room: &str,
     cid: &str,
     body: &str,
+    sender: Sender,
 ) -> Result<(), RequestError> {
-    let with_cid = |e: RequestError| e.with_cid(Some(cid));
     let c = &core.conns[&conn];
-    let dm = if super::is_own_dm(room, &c.user).map_err(with_cid)? {
-        let (a, b) = dm_members(room).expect("checked");
-        Some((Name::from(a), Name::from(b)))
-    } else if c.rooms.contains_key(room) {
-        None
-    } else {
+    let dm = dm_users(room, &c.user).map_err(|e| e.with_cid(Some(cid)))?;
+    if dm.is_none() && matches!(sender, Sender::Member) && !c.rooms.contains_key(room) {
         let e = RequestError::new(
             ErrorCode::NotJoined,
             format!("join {room:?} before sending to it"),
         );
-        return Err(with_cid(e));
-    };
+        return Err(e.with_cid(Some(cid)));
+    }
     publish(core, conn, room.into(), cid, body, dm)
+}
+
+/// The two users of a direct-message room `user` may write to; `None` for an ordinary room.
+fn dm_users(room: &str, user: &str) -> Result<Option<(Name, Name)>, RequestError> {
+    if !super::is_own_dm(room, user)? {
+        return Ok(None);
+    }
+    let (a, b) = dm_members(room).expect("checked");
+    Ok(Some((Name::from(a), Name::from(b))))
 }
 
 /// Checks the connection's limits and hands the message to the room's owner.

@@ -7,6 +7,7 @@
 
 pub mod client;
 pub mod cluster;
+pub mod persister;
 pub mod raw_ws;
 
 use std::io::{BufRead, BufReader};
