@@ -20,8 +20,8 @@ use std::time::Duration;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const WORDS: [&str; 24] = [
-    "are", "you", "coming", "to", "the", "standup", "today", "yes", "in", "five", "minutes",
-    "I", "pushed", "a", "fix", "for", "login", "bug", "can", "someone", "review", "it", "thanks",
+    "are", "you", "coming", "to", "the", "standup", "today", "yes", "in", "five", "minutes", "I",
+    "pushed", "a", "fix", "for", "login", "bug", "can", "someone", "review", "it", "thanks",
     "later",
 ];
 
