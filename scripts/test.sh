@@ -31,7 +31,7 @@ cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== deploy/: promtool, kubernetes-validate (again, with a real Prometheus, in cargo test -p chat-checks)"
-(cd deploy/prometheus && promtool check config prometheus.yml && promtool check rules alerts.yml && promtool test rules alerts.test.yml)
+(cd deploy/prometheus && promtool check config prometheus.yml && promtool check config prometheus.tls.yml && promtool check rules alerts.yml && promtool test rules alerts.test.yml)
 kubernetes-validate --strict --quiet $(sed -n 's/^  - \(.*\.yaml\)$/deploy\/k8s\/\1/p' deploy/k8s/kustomization.yaml)
 echo "== fuzz (bounded)"
 scripts/fuzz.sh 20

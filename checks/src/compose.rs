@@ -60,6 +60,8 @@ pub struct Service {
     pub environment: BTreeMap<String, String>,
     /// (source, target) of each volume or bind mount.
     pub volumes: Vec<(String, String)>,
+    /// Targets of the volumes and bind mounts that are read-only (`:ro`, `read_only: true`).
+    pub read_only: BTreeSet<String>,
     pub restart: Option<String>,
     pub pull_policy: Option<String>,
 }
@@ -138,20 +140,32 @@ pub struct Compose {
     pub volumes: BTreeSet<String>,
 }
 
+/// `docker-compose.yml` alone.
 pub fn load() -> (Compose, Problems) {
-    let path = root().join("docker-compose.yml");
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-    let mut doc: Value = yaml_serde::from_str(&text)
-        .unwrap_or_else(|e| panic!("docker-compose.yml is not valid YAML: {e}"));
-    doc.apply_merge()
-        .unwrap_or_else(|e| panic!("docker-compose.yml: bad `<<` merge: {e}"));
+    load_files(&["docker-compose.yml"])
+}
+
+/// The repository's compose `files` merged in order, as `docker compose -f A -f B` does
+/// ([`crate::compose_merge`]).
+pub fn load_files(files: &[&str]) -> (Compose, Problems) {
+    let mut doc = Value::Null;
+    for file in files {
+        let path = root().join(file);
+        let text = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+        let mut layer: Value =
+            yaml_serde::from_str(&text).unwrap_or_else(|e| panic!("{file} is not valid YAML: {e}"));
+        layer
+            .apply_merge()
+            .unwrap_or_else(|e| panic!("{file}: bad `<<` merge: {e}"));
+        crate::compose_merge::merge(&mut doc, layer, "");
+    }
     let mut problems = Problems::default();
     let mut services = BTreeMap::new();
     let map = doc
         .get("services")
         .and_then(Value::as_mapping)
-        .expect("docker-compose.yml has no `services:` mapping");
+        .unwrap_or_else(|| panic!("{files:?}: no `services:` mapping"));
     for (name, v) in map {
         let name = name.as_str().expect("service name").to_string();
         let mut s = Service {
@@ -253,19 +267,30 @@ pub fn load() -> (Compose, Problems) {
             .into_iter()
             .flatten()
         {
-            let pair = match vol {
+            let (pair, ro) = match vol {
                 Value::String(spec) => {
                     let mut parts = spec.split(':');
-                    match (parts.next(), parts.next()) {
+                    let pair = match (parts.next(), parts.next()) {
                         (Some(src), Some(dst)) => Some((src.to_string(), dst.to_string())),
                         _ => None,
-                    }
+                    };
+                    (
+                        pair,
+                        parts
+                            .next()
+                            .is_some_and(|m| m.split(',').any(|o| o == "ro")),
+                    )
                 }
-                m => m
-                    .get("source")
-                    .and_then(scalar)
-                    .zip(m.get("target").and_then(scalar)),
+                m => (
+                    m.get("source")
+                        .and_then(scalar)
+                        .zip(m.get("target").and_then(scalar)),
+                    m.get("read_only").and_then(Value::as_bool) == Some(true),
+                ),
             };
+            if let (Some((_, dst)), true) = (&pair, ro) {
+                s.read_only.insert(dst.clone());
+            }
             match pair {
                 Some(p) => s.volumes.push(p),
                 None => problems.push(format!("{name}.volumes: cannot read {vol:?}")),

@@ -5,6 +5,7 @@
 //! real Prometheus scraping a real cluster.
 
 pub mod compose;
+pub mod compose_merge;
 pub mod help;
 pub mod k8s;
 pub mod problems;

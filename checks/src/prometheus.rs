@@ -23,8 +23,18 @@ pub struct Prometheus {
 impl Prometheus {
     /// Starts Prometheus in `work` scraping `targets` (job name -> `host:port`s) every second.
     pub fn start(work: &Path, port: u16, targets: &[(&str, Vec<String>)]) -> Prometheus {
-        let text = std::fs::read_to_string(dir().join("prometheus.yml")).unwrap();
-        let mut cfg: Value = yaml_serde::from_str(&text).expect("prometheus.yml");
+        Prometheus::start_config("prometheus.yml", work, port, targets)
+    }
+
+    /// [`Prometheus::start`] with another config of deploy/prometheus/ (`prometheus.tls.yml`).
+    pub fn start_config(
+        config: &str,
+        work: &Path,
+        port: u16,
+        targets: &[(&str, Vec<String>)],
+    ) -> Prometheus {
+        let text = std::fs::read_to_string(dir().join(config)).unwrap();
+        let mut cfg: Value = yaml_serde::from_str(&text).expect(config);
         cfg["global"]["scrape_interval"] = "1s".into();
         cfg["global"]["evaluation_interval"] = "1s".into();
         let rules = dir().join("alerts.yml").display().to_string();
@@ -36,7 +46,7 @@ impl Prometheus {
             let j = jobs
                 .iter_mut()
                 .find(|j| j["job_name"].as_str() == Some(job))
-                .unwrap_or_else(|| panic!("prometheus.yml has no job {job}"));
+                .unwrap_or_else(|| panic!("{config} has no job {job}"));
             let list = addrs.iter().map(|a| Value::from(a.as_str())).collect();
             let mut sc = yaml_serde::Mapping::new();
             sc.insert("targets".into(), Value::Sequence(list));

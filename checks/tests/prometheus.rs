@@ -1,15 +1,19 @@
 //! `deploy/prometheus/` and `deploy/grafana/` against the real thing: `promtool` checks the
-//! config and the rules and runs the rules' unit tests; a real Prometheus (the Debian
+//! configs (`prometheus.yml`, and `prometheus.tls.yml` of docker-compose.tls.yml) and the rules
+//! and runs the rules' unit tests; `prometheus.tls.yml` scrapes a real TLS node whose
+//! certificate `scripts/tls-cert.sh` made; a real Prometheus (the Debian
 //! `prometheus` binary, private port and data directory, 1 s scrapes) scrapes a real 2-node
 //! cluster (private Redis, Kafka, PostgreSQL database, the persister) under a short verified
 //! load, and every query of every dashboard panel must return a finite sample.
 
+use chat_checks::help::binaries;
 use chat_checks::prometheus::{dashboard_queries, has_finite_sample, Prometheus};
 use chat_checks::{root, run, tool};
 use chat_drills::ws::Client;
 use chat_drills::{scenario, Cluster, Load, Options, Report};
 use serde_json::json;
-use std::process::Command;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 #[test]
@@ -20,6 +24,7 @@ fn promtool_accepts_the_config_and_the_rules_and_their_unit_tests_pass() {
     let dir = chat_checks::prometheus::dir();
     for args in [
         vec!["check", "config", "prometheus.yml"],
+        vec!["check", "config", "prometheus.tls.yml"],
         vec!["check", "rules", "alerts.yml"],
         vec!["test", "rules", "alerts.test.yml"],
     ] {
@@ -143,4 +148,70 @@ async fn every_dashboard_panel_returns_data_from_a_real_prometheus() {
         empty.join("\n")
     );
     eprintln!("DASHBOARD: {} panel queries returned data", queries.len());
+}
+
+/// A process killed when dropped.
+struct Kill(Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn prometheus_tls_yml_scrapes_a_real_tls_node_with_the_scripts_certificate() {
+    if !tool("prometheus") || !tool("openssl") {
+        return;
+    }
+    let Some(bins) = binaries() else { return };
+    let work = chat_testkit::TempDir::new("prometheus-tls");
+    let tls = work.path().join("tls");
+    let script = root().join("scripts/tls-cert.sh");
+    let (ok, out) = run(Command::new(&script).env("TLS_DIR", &tls));
+    assert!(ok && out.contains("wrote"), "scripts/tls-cert.sh:\n{out}");
+    let (ok, out) = run(Command::new(&script).env("TLS_DIR", &tls));
+    assert!(
+        ok && out.contains("kept"),
+        "a second run keeps the pair:\n{out}"
+    );
+
+    let mut node = Kill(
+        Command::new(bins.join("chat-server"))
+            .args(["--listen", "127.0.0.1:0", "--threads", "1", "--tls-cert"])
+            .arg(tls.join("cert.pem"))
+            .arg("--tls-key")
+            .arg(tls.join("key.pem"))
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start chat-server"),
+    );
+    let mut lines = BufReader::new(node.0.stdout.take().unwrap()).lines();
+    let first = lines.next().expect("a first line").unwrap();
+    let addr = first
+        .strip_prefix("listening on https://")
+        .unwrap_or_else(|| panic!("chat-server with the script's certificate said {first:?}"))
+        .to_string();
+
+    let prom = Prometheus::start_config(
+        "prometheus.tls.yml",
+        work.path(),
+        chat_testkit::free_port(),
+        &[("chat-node", vec![addr])],
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let up = prom.query("up{job=\"chat-node\"}").unwrap();
+        if up[0]["value"][1] == "1" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the TLS node is not up in Prometheus: {up}\n{}",
+            prom.log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    drop(lines);
 }

@@ -15,31 +15,20 @@
 //! Needs the Debian packages `chromium` and `chromium-driver`. Without them the test prints
 //! `SKIPPED: ...` and returns, unless `CHAT_REQUIRE_BROWSER=1` (CI) makes it fail instead.
 //! `CHAT_CHROMIUM` / `CHAT_CHROMEDRIVER` override the paths `/usr/bin/chromium` and
-//! `/usr/bin/chromedriver`.
+//! `/usr/bin/chromedriver`. The browser plumbing and the page steps are `support/browser.rs`,
+//! shared with `tests/browser_tls.rs` (the page over `https://` and `wss://`).
 //! A screenshot of bob's tab is written to `target/browser-test.png`.
 
 mod support;
 
-use fantoccini::{Client, ClientBuilder, Locator};
-use serde_json::{json, Value};
-use std::error::Error;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use fantoccini::{Client, Locator};
+use serde_json::json;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use support::browser::*;
 
-/// Where Debian's `chromium` and `chromium-driver` put the browser and its driver; the
-/// environment variables `CHAT_CHROMIUM` and `CHAT_CHROMEDRIVER` point elsewhere.
-const CHROMIUM: &str = "/usr/bin/chromium";
-const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
-/// How long the page gets to show what a step expects.
-const DEADLINE: Duration = Duration::from_secs(15);
 /// The whole browser scenario, so that a wedged browser cannot hang the test run.
 const SCENARIO_TIMEOUT: Duration = Duration::from_secs(180);
-/// WebDriver's key code for Enter.
-const ENTER: &str = "\u{e007}";
-
-type Res<T> = Result<T, Box<dyn Error>>;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chat_page_in_two_tabs() {
@@ -47,39 +36,21 @@ async fn chat_page_in_two_tabs() {
         return;
     }
     let server = support::Server::start(&[]);
-    let profile = TempDir::new("chat-browser-test");
-    let driver = ChromeDriver::start().expect("start chromedriver");
-    let client = new_session(&driver, &profile.0)
-        .await
-        .expect("open a WebDriver session");
+    let browser = Browser::start(&[]).await;
+    let client = &browser.client;
 
     let mut tabs = Tabs::default();
-    let outcome = tokio::time::timeout(SCENARIO_TIMEOUT, scenario(&client, &server, &mut tabs))
-        .await
-        .unwrap_or_else(|_| Err(format!("scenario took over {SCENARIO_TIMEOUT:?}").into()));
+    let outcome = within(SCENARIO_TIMEOUT, scenario(client, &server, &mut tabs)).await;
 
     // Bob's tab, whatever happened: it is what a human wants to see.
     if let Some(bob) = tabs.bob.clone() {
-        match screenshot(&client, bob).await {
+        match screenshot(client, bob).await {
             Ok(path) => eprintln!("screenshot of bob's tab: {}", path.display()),
             Err(e) => eprintln!("no screenshot: {e}"),
         }
     }
-    if outcome.is_err() {
-        for (name, tab) in [("alice", tabs.alice.clone()), ("bob", tabs.bob.clone())] {
-            if let Some(tab) = tab {
-                if client.switch_to_window(tab).await.is_ok() {
-                    eprintln!("{name}'s page state: {}", page_state(&client).await);
-                }
-            }
-        }
-    }
-    let _ = client.close().await;
-    drop(driver);
-    drop(server);
-    if let Err(e) = outcome {
-        panic!("browser test failed: {e}");
-    }
+    let names = [("alice", tabs.alice.clone()), ("bob", tabs.bob.clone())];
+    browser.finish(outcome, &names, server).await;
 }
 
 /// Window handles of the two users' tabs.
@@ -154,14 +125,7 @@ async fn scenario(c: &Client, server: &support::Server, tabs: &mut Tabs) -> Res<
     let sent = wait_acked(c, "lobby", &hello).await?;
     c.switch_to_window(bob.clone()).await?;
     let seen = wait_message(c, "lobby", &hello).await?;
-    check_msg(&seen, "lobby", "alice", &hello)?;
-    if seen["seq"] != sent["seq"] {
-        return Err(format!(
-            "bob sees seq {} where alice got ack seq {}",
-            seen["seq"], sent["seq"]
-        )
-        .into());
-    }
+    check_seen(&seen, &sent, "lobby", "alice", &hello)?;
 
     // 2. alice opens a DM with bob (sent with Enter); it appears in bob's conversation list.
     let dm_room = "dm:alice:bob";
@@ -277,25 +241,6 @@ async fn scenario(c: &Client, server: &support::Server, tabs: &mut Tabs) -> Res<
 
 // ---- page steps ---------------------------------------------------------------------------------
 
-async fn login(c: &Client, user: &str) -> Res<()> {
-    type_into(c, "#user", user).await?;
-    c.find(Locator::Css("#connect")).await?.click().await?;
-    wait_status_connected(c).await
-}
-
-async fn join(c: &Client, room: &str) -> Res<()> {
-    type_into(c, "#room", room).await?;
-    c.find(Locator::Css("#join")).await?.click().await?;
-    wait_js(
-        c,
-        &format!("{room} is joined"),
-        "const r = chatState.rooms[arguments[0]]; \
-         return !!r && r.joined && !!document.querySelector('#rooms [data-room=\"' + arguments[0] + '\"]')",
-        vec![json!(room)],
-    )
-    .await
-}
-
 /// Clicks the room's entry in the conversation list.
 async fn open_room(c: &Client, room: &str) -> Res<()> {
     let css = format!(r#"#rooms [data-room="{room}"]"#);
@@ -342,114 +287,6 @@ async fn wait_unread(c: &Client, room: &str, n: u64) -> Res<()> {
     .await
 }
 
-async fn type_into(c: &Client, css: &str, text: &str) -> Res<()> {
-    let input = c.find(Locator::Css(css)).await?;
-    input.clear().await?;
-    input.send_keys(text).await?;
-    Ok(())
-}
-
-async fn wait_status_connected(c: &Client) -> Res<()> {
-    wait_js(
-        c,
-        "#status says connected",
-        "return document.getElementById('status').textContent === 'connected'",
-        vec![],
-    )
-    .await
-}
-
-/// Every `#messages .msg` of the current tab as `{room, seq, from, body, pending}`.
-async fn messages(c: &Client) -> Res<Vec<Value>> {
-    let v = c
-        .execute(
-            "return Array.from(document.querySelectorAll('#messages .msg')).map(e => ({ \
-               room: e.dataset.room, \
-               seq: e.dataset.seq === undefined ? null : Number(e.dataset.seq), \
-               from: e.dataset.from, \
-               body: (e.querySelector('.body') || {}).textContent, \
-               pending: e.classList.contains('pending') }))",
-            vec![],
-        )
-        .await?;
-    Ok(v.as_array().cloned().unwrap_or_default())
-}
-
-/// Waits until the current tab shows a message in `room` with exactly this body.
-async fn wait_message(c: &Client, room: &str, body: &str) -> Res<Value> {
-    poll(&format!("message {body:?} in {room}"), || async {
-        Ok(messages(c)
-            .await?
-            .into_iter()
-            .find(|m| m["room"] == room && m["body"] == body))
-    })
-    .await
-}
-
-/// Waits until the current tab shows its own message as acknowledged: it has a seq and is no
-/// longer pending.
-async fn wait_acked(c: &Client, room: &str, body: &str) -> Res<Value> {
-    poll(&format!("ack of {body:?} in {room}"), || async {
-        Ok(messages(c).await?.into_iter().find(|m| {
-            m["room"] == room
-                && m["body"] == body
-                && m["seq"].as_u64().is_some()
-                && m["pending"] == false
-        }))
-    })
-    .await
-}
-
-fn check_msg(m: &Value, room: &str, from: &str, body: &str) -> Res<()> {
-    let ok = m["room"] == room
-        && m["from"] == from
-        && m["body"] == body
-        && m["seq"].as_u64().unwrap_or(0) >= 1;
-    if ok {
-        Ok(())
-    } else {
-        Err(format!("unexpected message element {m}, wanted {from} in {room}: {body:?}").into())
-    }
-}
-
-/// Waits until `script` (which `return`s a boolean) returns true.
-async fn wait_js(c: &Client, what: &str, script: &str, args: Vec<Value>) -> Res<()> {
-    poll(what, || async {
-        Ok((c.execute(script, args.clone()).await? == json!(true)).then_some(()))
-    })
-    .await
-}
-
-/// Calls `probe` every 100 ms until it returns `Some`, for at most [`DEADLINE`].
-async fn poll<T, F, Fut>(what: &str, mut probe: F) -> Res<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Res<Option<T>>>,
-{
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        if let Some(v) = probe().await? {
-            return Ok(v);
-        }
-        if Instant::now() >= deadline {
-            return Err(format!("timed out after {DEADLINE:?} waiting for {what}").into());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-async fn page_state(c: &Client) -> String {
-    let script = "return { status: document.getElementById('status').textContent, \
-                  error: document.getElementById('error').textContent, \
-                  connection: chatState.connection, current: chatState.current, \
-                  rooms: chatState.rooms, pending: chatState.pending, \
-                  messages: document.querySelectorAll('#messages .msg').length }";
-    match c.execute(script, vec![]).await {
-        Ok(v) => v.to_string(),
-        Err(e) => format!("(unavailable: {e})"),
-    }
-}
-
 async fn screenshot(c: &Client, tab: fantoccini::wd::WindowHandle) -> Res<PathBuf> {
     c.switch_to_window(tab).await?;
     let png = c.screenshot().await?;
@@ -460,138 +297,4 @@ async fn screenshot(c: &Client, tab: fantoccini::wd::WindowHandle) -> Res<PathBu
     let path = target.join("browser-test.png");
     std::fs::write(&path, png)?;
     Ok(path)
-}
-
-// ---- browser plumbing ---------------------------------------------------------------------------
-
-fn chromium() -> String {
-    std::env::var("CHAT_CHROMIUM").unwrap_or_else(|_| CHROMIUM.into())
-}
-
-fn chromedriver() -> String {
-    std::env::var("CHAT_CHROMEDRIVER").unwrap_or_else(|_| CHROMEDRIVER.into())
-}
-
-/// Whether the browser packages are installed; without them the test is skipped, loudly, or
-/// fails when `CHAT_REQUIRE_BROWSER=1`.
-fn browser_available() -> bool {
-    let missing: Vec<String> = [chromium(), chromedriver()]
-        .into_iter()
-        .filter(|p| !Path::new(p).exists())
-        .collect();
-    if missing.is_empty() {
-        return true;
-    }
-    if std::env::var("CHAT_REQUIRE_BROWSER").as_deref() == Ok("1") {
-        panic!(
-            "CHAT_REQUIRE_BROWSER=1 but {} not found: install the Debian packages chromium and \
-             chromium-driver (apt-get install chromium chromium-driver)",
-            missing.join(" and ")
-        );
-    }
-    eprintln!(
-        "SKIPPED: browser test needs Debian packages chromium and chromium-driver \
-         (apt-get install chromium chromium-driver)"
-    );
-    false
-}
-
-async fn new_session(driver: &ChromeDriver, profile: &Path) -> Res<Client> {
-    let args = [
-        "--headless=new".to_string(),
-        "--no-sandbox".into(),
-        "--disable-gpu".into(),
-        "--disable-dev-shm-usage".into(),
-        "--disable-quic".into(),
-        "--no-first-run".into(),
-        "--disable-background-networking".into(),
-        "--disable-component-update".into(),
-        "--disable-sync".into(),
-        // Two tabs share one window; the one in the background must keep running at full speed.
-        "--disable-background-timer-throttling".into(),
-        "--disable-renderer-backgrounding".into(),
-        "--disable-backgrounding-occluded-windows".into(),
-        "--window-size=1100,720".into(),
-        format!("--user-data-dir={}", profile.display()),
-    ];
-    let caps = json!({
-        "browserName": "chrome",
-        "goog:chromeOptions": { "binary": chromium(), "args": args },
-    });
-    let Value::Object(caps) = caps else {
-        unreachable!()
-    };
-    let client = ClientBuilder::native()
-        .capabilities(caps)
-        .connect(&driver.url())
-        .await?;
-    Ok(client)
-}
-
-/// A chromedriver child process on a free local port, killed when dropped.
-struct ChromeDriver {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl ChromeDriver {
-    fn start() -> Res<ChromeDriver> {
-        let addr = TcpListener::bind("127.0.0.1:0")?.local_addr()?;
-        let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
-        std::fs::create_dir_all(tmp)?;
-        let log = tmp.join("chromedriver.log");
-        let child = Command::new(chromedriver())
-            .arg(format!("--port={}", addr.port()))
-            .arg(format!("--log-path={}", log.display()))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?;
-        let mut driver = ChromeDriver { child, addr };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(addr).is_err() {
-            if let Some(status) = driver.child.try_wait()? {
-                return Err(
-                    format!("chromedriver exited with {status} (log: {})", log.display()).into(),
-                );
-            }
-            if Instant::now() >= deadline {
-                return Err(format!("chromedriver is not listening on {addr}").into());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(driver)
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-}
-
-impl Drop for ChromeDriver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A fresh directory under the system temp dir, removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(prefix: &str) -> TempDir {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        let dir = std::env::temp_dir().join(format!("{prefix}-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("create a temp dir");
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }

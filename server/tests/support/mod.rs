@@ -5,6 +5,7 @@
 //! accepts connections.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod client;
 pub mod cluster;
 pub mod persister;
@@ -69,6 +70,11 @@ impl Server {
 
     pub fn http_url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
+    }
+
+    /// `https://ADDR/PATH`, for a server started with `--tls-cert`/`--tls-key`.
+    pub fn https_url(&self, path: &str) -> String {
+        format!("https://{}{path}", self.addr)
     }
 }
 
