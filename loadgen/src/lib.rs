@@ -30,6 +30,7 @@
 //! | [`compare`] | `loadgen compare`: two results side by side |
 //! | [`sweep`] | `loadgen sweep`: the highest rate that keeps p99 under a bound with zero loss |
 //! | [`floor`] | `loadgen floor` and `--floor`: the kernel's own cost of the same deliveries (loopback writes, no protocol) |
+//! | [`transport`] | `loadgen transport`: TLS and permessage-deflate, server CPU and wire bytes per delivery (its own client on chat-wire's frames) |
 //! | [`flood`] | `loadgen flood`: closed-loop accepted-messages/s ceiling |
 
 pub mod agent;
@@ -53,4 +54,5 @@ pub mod social;
 pub mod stats;
 pub mod sweep;
 pub mod timer;
+pub mod transport;
 pub mod verify;

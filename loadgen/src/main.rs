@@ -8,6 +8,7 @@
 //! * `loadgen report DIR`: redraw a result's report.md and plots from its result.json;
 //! * `loadgen flood`: closed-loop accepted-messages/s ceiling;
 //! * `loadgen floor`: the kernel's own cost per delivered frame (loopback writes, no protocol);
+//! * `loadgen transport`: server CPU and wire bytes per delivery over ws/wss, deflate on/off;
 //! * `loadgen presence-list`: time to list a large room's presence (v1.1).
 
 use clap::{Parser, Subcommand};
@@ -119,6 +120,9 @@ enum Command {
     Flood(flood::FloodArgs),
     /// The kernel's floor under a delivery: loopback writes of frames, no protocol; prints JSON.
     Floor(loadgen::floor::FloorArgs),
+    /// Server CPU and wire bytes per delivery over ws:// or wss://, with or without
+    /// permessage-deflate (its own client); prints one JSON line.
+    Transport(loadgen::transport::TransportArgs),
     /// Fill one room with members, then time its `presence` list (v1.1); prints JSON.
     PresenceList(loadgen::social::list::ListArgs),
 }
@@ -248,6 +252,18 @@ fn main() -> ExitCode {
                 Ok(r) => {
                     println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
                     ExitCode::SUCCESS
+                }
+                Err(e) => fail(&e),
+            },
+            Command::Transport(a) => match loadgen::transport::run(&a).await {
+                Ok(r) => {
+                    println!("{}", serde_json::to_string(&r).unwrap_or_default());
+                    eprintln!("{}", r.summary());
+                    if r.verified() {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::from(2)
+                    }
                 }
                 Err(e) => fail(&e),
             },

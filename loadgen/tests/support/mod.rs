@@ -157,8 +157,12 @@ impl Drop for Server {
 }
 
 /// Where `cargo build` put `chat-server`: `$CARGO_TARGET_DIR/debug`, else the workspace's
-/// `target/debug`.
+/// `target/debug`; `$CHAT_SERVER_BIN` overrides both (a shared target directory's binary may
+/// come from another checkout).
 pub fn chat_server_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("CHAT_SERVER_BIN") {
+        return PathBuf::from(bin);
+    }
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .or_else(|| option_env!("CARGO_TARGET_DIR").map(PathBuf::from))
@@ -207,8 +211,10 @@ pub fn start_chat_server_with(extra: &[&str]) -> Option<Server> {
     std::io::BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
-    let addr = line
+    let line = line
         .trim()
+        .replace("listening on https://", "listening on http://");
+    let addr = line
         .strip_prefix("listening on http://")
         .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
         .to_string();
