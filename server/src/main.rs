@@ -64,6 +64,16 @@ fn main() {
     // same address with SO_REUSEPORT and the kernel spreads connections among them.
     // Accepted sockets inherit the listener's SO_SNDBUF.
     let sndbuf = config.socket_send_buffer;
+    let cluster = cluster_config(&config);
+    if cluster.is_none() && config.listen.port() != 0 {
+        if let Err(e) = wait_for_free_port(config.listen) {
+            eprintln!(
+                "error: cannot listen on {}: {e}. Another process serves it (a second standalone chat-server would split the rooms between the two, silently: SO_REUSEPORT lets both bind); stop it or pick another port",
+                config.listen
+            );
+            std::process::exit(1);
+        }
+    }
     let first = match bind(config.listen, sndbuf) {
         Ok(l) => l,
         Err(e) => {
@@ -72,7 +82,6 @@ fn main() {
         }
     };
     let addr = first.local_addr().expect("local address");
-    let cluster = cluster_config(&config);
     let node = Node::new(config, threads, cluster.is_some(), tls);
     let bus = cluster.map(|cfg| {
         bus::cluster::start(node.clone(), cfg, std::time::Duration::from_secs(30)).unwrap_or_else(
@@ -176,6 +185,42 @@ fn cluster_config(config: &config::Config) -> Option<bus::cluster::ClusterConfig
         wait_ms: config.redis_wait_ms,
         presence_ttl: std::time::Duration::from_secs_f64(config.presence_ttl.clamp(1.0, 3600.0)),
     })
+}
+
+/// Whether `addr` is free, asked with a bind without SO_REUSEPORT: the cores' own binds set it,
+/// so they would also succeed next to another process's listeners on the same port, and the
+/// kernel would spread clients over both processes. Standalone, each process has its own rooms,
+/// so that would split them; in cluster mode two processes on one port are two nodes of the
+/// cluster (a restart that overlaps), which is fine.
+///
+/// A process that has just ended can hold its listeners a little longer (io_uring tears its
+/// pending accepts down after the exit), so a busy port is asked again for up to
+/// [`PORT_WAIT`] before the start is refused: a quick restart is not taken for a second server.
+fn wait_for_free_port(addr: SocketAddr) -> std::io::Result<()> {
+    let deadline = std::time::Instant::now() + PORT_WAIT;
+    loop {
+        match port_is_free(addr) {
+            Err(e) if std::time::Instant::now() < deadline => {
+                tracing::debug!(error = %e, "listen port busy; asking again");
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            done => return done,
+        }
+    }
+}
+
+/// How long a busy listen port is asked again before a standalone start is refused.
+const PORT_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+fn port_is_free(addr: SocketAddr) -> std::io::Result<()> {
+    let probe = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    // Connections of a process that just ended (TIME_WAIT) do not count; a listener does.
+    probe.set_reuse_address(true)?;
+    probe.bind(&addr.into())
 }
 
 fn bind(addr: SocketAddr, send_buffer: usize) -> std::io::Result<std::net::TcpListener> {

@@ -167,6 +167,44 @@ fn an_empty_jwt_secret_or_a_lone_require_origin_is_refused_at_start() {
     }
 }
 
+#[test]
+fn a_second_standalone_server_on_a_served_port_is_refused() {
+    // SO_REUSEPORT would let it bind and take half of the clients, into rooms of its own.
+    let port = chat_testkit::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let start = || support::Server::start_with_args(&["--listen", &listen, "--threads", "2"]);
+    let first = start();
+    assert_eq!(first.addr.port(), port);
+    let mut second = std::process::Command::new(env!("CARGO_BIN_EXE_chat-server"))
+        .args(["--listen", &listen])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = second.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = second.kill();
+            panic!("a second server started on {listen} and shares it with the first");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(!status.success());
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut second.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(err.contains("Another process serves it"), "{err}");
+    // The first one still serves; its answer leaves the server's side in TIME_WAIT.
+    let resp = support::raw_ws::http(first.addr, &support::raw_ws::http_request("/healthz", &[]));
+    assert_eq!(resp.status, 200);
+    // A restart on the same port right after the first one ended is not refused.
+    drop(first);
+    let again = start();
+    assert_eq!(again.addr.port(), port);
+}
+
 #[tokio::test]
 async fn head_answers_the_headers_without_a_body() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
