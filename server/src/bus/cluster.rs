@@ -340,6 +340,14 @@ impl BusExt for Rc<Bus> {
             .collect();
         let pushes = self.pushes.borrow_mut().take().expect("push receiver");
         tokio::task::spawn_local(self.clone().receive(pushes));
+        if self.kafka.is_some() {
+            let bus = self.clone();
+            tokio::task::spawn_local(async move {
+                if let Some(k) = &bus.kafka {
+                    k.serve_reports().await
+                }
+            });
+        }
         if self.redis().is_cluster() {
             tokio::task::spawn_local(self.clone().watch_topology());
         }
