@@ -86,7 +86,7 @@ exe_of() {
   case "$1" in
     redis | redis-*) echo redis-server ;;
     broker) echo tansu ;;
-    node-*) echo chat-server ;;
+    node-*) cat "$state/$1.exe" 2>/dev/null || echo chat-server ;;
     persister) echo chat-persister ;;
     *) echo "$1" ;;
   esac
@@ -332,6 +332,9 @@ up() {
       --kafka "$broker_addr" --kafka-topic "$topic" "${node_pg[@]}") \
       >"$state/$name.out" 2>"$state/$name.log" </dev/null 9>&- &
     echo $! >"$state/$name.pid"
+    # What `running` (and so `down`) looks for in its command line: CHAT_SERVER_BIN may name
+    # a binary called something else.
+    basename "$server_bin" >"$state/$name.exe"
     started+=("$name")
   done
   for name in "${started[@]}"; do

@@ -14,7 +14,6 @@
 //! unreachable librdkafka keeps records queued and retries (idempotence keeps retries from
 //! duplicating or reordering them); we bound that backlog with `--kafka-backlog` and answer
 //! `unavailable` beyond it, before the message gets a seq.
-
 //!
 //! An idempotent producer can also stop for good while the broker is up. A broker that forgot
 //! its producer id (restarted on memory storage, a rebuilt cluster) answers every record with
