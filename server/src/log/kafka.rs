@@ -44,6 +44,10 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio::sync::oneshot;
 
+/// Events served in one go before the bus's other tasks get a turn (a report event can carry
+/// many records' reports).
+const REPORTS_PER_TURN: usize = 256;
+
 /// What a delivery report tells its record: delivered, or why not.
 type Report = Result<(), String>;
 
@@ -193,21 +197,31 @@ impl KafkaLog {
             // before the queue is drained, so a report queued meanwhile signals again.
             unsafe { libc::read(self.reports.as_raw_fd(), count.as_mut_ptr().cast(), 8) };
             ready.clear_ready();
-            self.serve_queued();
+            // The eventfd only signals a queue going from empty to not empty: drain it all,
+            // letting the bus's other tasks run between batches.
+            while self.serve_queued(REPORTS_PER_TURN) {
+                tokio::task::yield_now().await;
+            }
         }
     }
 
-    /// Serves every event waiting in the current producer's report queue.
-    fn serve_queued(&self) {
+    /// Serves up to `max` events waiting in the current producer's report queue; whether more
+    /// are left.
+    fn serve_queued(&self, max: usize) -> bool {
         let producer = self.producer.borrow().clone();
         // SAFETY: as in `producer`: a new reference to the live producer's queue, destroyed below.
         let queue = unsafe { rdsys::rd_kafka_queue_get_main(producer.client().native_ptr()) };
         // SAFETY: `queue` is valid until destroyed.
-        while unsafe { rdsys::rd_kafka_queue_length(queue) } > 0 {
+        let waiting = || unsafe { rdsys::rd_kafka_queue_length(queue) } > 0;
+        let mut served = 0;
+        while served < max && waiting() {
             producer.poll(Duration::ZERO);
+            served += 1;
         }
+        let more = waiting();
         // SAFETY: our reference, not used after this.
         unsafe { rdsys::rd_kafka_queue_destroy(queue) };
+        more
     }
 
     /// Replaces the producer when it has failed for good or is stuck (see the module comment);
