@@ -46,7 +46,9 @@ pub fn pick_port(offsets: &[u16]) -> u16 {
     for _ in 0..10_000 {
         let port = PORT_MIN + (random_u64() % u64::from(PORT_MAX - PORT_MIN)) as u16;
         let all = std::iter::once(port).chain(offsets.iter().map(|o| port + o));
-        if taken.contains(&port) || !all.clone().all(port_is_free) {
+        // Every port of the set against what was handed out: a Redis Cluster node's bus port
+        // (port + 10000) must not be a port `free_port` gave a test that has not bound it yet.
+        if all.clone().any(|p| taken.contains(&p)) || !all.clone().all(port_is_free) {
             continue;
         }
         taken.extend(all);
