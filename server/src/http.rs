@@ -116,7 +116,7 @@ fn websocket(req: &Request<'_>, node: &Node) -> Route {
     if node.open_connections() >= node.config.max_connections {
         return text(503, "connection limit reached: connect to another node\n");
     }
-    let deflate = req.deflate_offer().filter(|_| node.config.deflate);
+    let deflate = node.config.deflate.then(|| req.deflate_offer()).flatten();
     Route::WebSocket {
         accept,
         user,

@@ -187,15 +187,9 @@ fn cluster_config(config: &config::Config) -> Option<bus::cluster::ClusterConfig
     })
 }
 
-/// Whether `addr` is free, asked with a bind without SO_REUSEPORT: the cores' own binds set it,
-/// so they would also succeed next to another process's listeners on the same port, and the
-/// kernel would spread clients over both processes. Standalone, each process has its own rooms,
-/// so that would split them; in cluster mode two processes on one port are two nodes of the
-/// cluster (a restart that overlaps), which is fine.
-///
-/// A process that has just ended can hold its listeners a little longer (io_uring tears its
-/// pending accepts down after the exit), so a busy port is asked again for up to
-/// [`PORT_WAIT`] before the start is refused: a quick restart is not taken for a second server.
+/// [`port_is_free`], asked again for up to [`PORT_WAIT`] while it is not: a process that has
+/// just ended can hold its listeners a little longer (io_uring tears its pending accepts down
+/// after the exit), and a quick restart must not be taken for a second server.
 fn wait_for_free_port(addr: SocketAddr) -> std::io::Result<()> {
     let deadline = std::time::Instant::now() + PORT_WAIT;
     loop {
@@ -212,24 +206,29 @@ fn wait_for_free_port(addr: SocketAddr) -> std::io::Result<()> {
 /// How long a busy listen port is asked again before a standalone start is refused.
 const PORT_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
+/// Whether `addr` is free, asked with a bind without SO_REUSEPORT: the cores' own binds set it,
+/// so they would also succeed next to another process's listeners on the same port, and the
+/// kernel would spread clients over both processes. Standalone, each process has its own rooms,
+/// so that would split them; in cluster mode two processes on one port are two nodes of the
+/// cluster (a restart that overlaps), which is fine.
 fn port_is_free(addr: SocketAddr) -> std::io::Result<()> {
-    let probe = socket2::Socket::new(
-        socket2::Domain::for_address(addr),
-        socket2::Type::STREAM,
-        None,
-    )?;
-    // Connections of a process that just ended (TIME_WAIT) do not count; a listener does.
-    probe.set_reuse_address(true)?;
-    probe.bind(&addr.into())
+    tcp_socket(addr)?.bind(&addr.into())
 }
 
-fn bind(addr: SocketAddr, send_buffer: usize) -> std::io::Result<std::net::TcpListener> {
+/// A TCP socket for `addr` with SO_REUSEADDR: connections of a process that just ended
+/// (TIME_WAIT) do not keep it from binding; a listener does.
+fn tcp_socket(addr: SocketAddr) -> std::io::Result<socket2::Socket> {
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(addr),
         socket2::Type::STREAM,
         None,
     )?;
     socket.set_reuse_address(true)?;
+    Ok(socket)
+}
+
+fn bind(addr: SocketAddr, send_buffer: usize) -> std::io::Result<std::net::TcpListener> {
+    let socket = tcp_socket(addr)?;
     socket.set_reuse_port(true)?;
     socket.set_nonblocking(true)?;
     if send_buffer > 0 {

@@ -256,14 +256,11 @@ impl ConnIo {
 
     /// Queues a frame. A connection over its outbound limit is closed with 1008 instead.
     pub fn send(&self, frame: Bytes) {
-        if !self.state.borrow().accepts() {
+        let mut st = self.state.borrow_mut();
+        if !st.accepts() {
             return;
         }
         let frame = self.outgoing(frame);
-        let mut st = self.state.borrow_mut();
-        if st.closing_since.is_some() || st.dead {
-            return;
-        }
         if st.queued_bytes + frame.len() > self.limit {
             st.queue.clear();
             st.queued_bytes = 0;
@@ -286,14 +283,11 @@ impl ConnIo {
     /// request from the client ([`ConnIo::replay_backlog`]), so a client that stops reading
     /// asks for nothing more, stops answering pings, and is closed as idle.
     pub fn send_replay(&self, frame: Bytes) {
-        if !self.state.borrow().accepts() {
+        let mut st = self.state.borrow_mut();
+        if !st.accepts() {
             return;
         }
         let frame = self.outgoing(frame);
-        let mut st = self.state.borrow_mut();
-        if st.closing_since.is_some() || st.dead {
-            return;
-        }
         st.push(frame, true);
     }
 
@@ -331,7 +325,7 @@ impl ConnIo {
 
     pub fn close_with(&self, frame: Bytes) {
         let mut st = self.state.borrow_mut();
-        if st.closing_since.is_some() || st.dead {
+        if !st.accepts() {
             return;
         }
         st.queued_bytes += frame.len();

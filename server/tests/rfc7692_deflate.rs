@@ -157,12 +157,7 @@ fn expect_msg(ws: &mut Ws, body: &str) -> Value {
 
 fn metric(server: &Server, name: &str) -> u64 {
     let resp = http(server.addr, &http_request("/metrics", &[]));
-    String::from_utf8(resp.body)
-        .unwrap()
-        .lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")))
-        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
-        .sum()
+    support::client::series_sum(&String::from_utf8(resp.body).unwrap(), name)
 }
 
 #[test]

@@ -210,6 +210,11 @@ pub async fn pair(server: &super::Server) -> (Client, Client) {
 /// A per-core series of `/metrics`, summed over the cores.
 pub async fn metric_sum(addr: std::net::SocketAddr, name: &str) -> u64 {
     let (_, metrics) = http_get(addr, "/metrics").await;
+    series_sum(&metrics, name)
+}
+
+/// A per-core series (`name{core="N"} value`) of a `/metrics` page, summed over the cores.
+pub fn series_sum(metrics: &str, name: &str) -> u64 {
     metrics
         .lines()
         .filter(|l| l.starts_with(&format!("{name}{{")))

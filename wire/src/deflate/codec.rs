@@ -3,7 +3,7 @@
 //! Both follow RFC 7692 section 7.2: a message is raw DEFLATE ended with a sync flush, whose
 //! trailing `00 00 ff ff` is taken off before sending and put back before inflating.
 
-use crate::frame::{put_compressed_text_header, MAX_HEADER};
+use crate::frame::{compressed_text_header, MAX_HEADER};
 use bytes::{Bytes, BytesMut};
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
 
@@ -50,10 +50,9 @@ impl Deflater {
         debug_assert!(out.ends_with(&TAIL));
         out.truncate(out.len() - TAIL.len());
         let len = out.len() - MAX_HEADER;
-        let mut head = BytesMut::with_capacity(MAX_HEADER);
-        put_compressed_text_header(&mut head, len);
-        let start = MAX_HEADER - head.len();
-        out[start..MAX_HEADER].copy_from_slice(&head);
+        let (head, n) = compressed_text_header(len);
+        let start = MAX_HEADER - n;
+        out[start..MAX_HEADER].copy_from_slice(&head[..n]);
         Bytes::from(out).slice(start..)
     }
 }

@@ -29,12 +29,12 @@ pub fn put_header(
     }
 }
 
-/// Writes the header of an unmasked final text frame whose payload is compressed
-/// (permessage-deflate sets RSV1 on a message's first frame, RFC 7692 section 6).
-pub fn put_compressed_text_header(out: &mut BytesMut, len: usize) {
-    let at = out.len();
-    put_header(out, true, OpCode::Text, len, None);
-    out[at] |= RSV1;
+/// The header of an unmasked final text frame whose payload is compressed (permessage-deflate
+/// sets RSV1 on a message's first frame, RFC 7692 section 6): [`text_header`] with RSV1.
+pub fn compressed_text_header(len: usize) -> ([u8; MAX_HEADER], usize) {
+    let (mut h, n) = text_header(len);
+    h[0] |= RSV1;
+    (h, n)
 }
 
 /// The reserved bit permessage-deflate uses to mark a compressed message.

@@ -24,8 +24,8 @@ mod tests;
 
 pub use assemble::{is_valid_close_code, parse_close_payload, Message, MessageAssembler};
 pub use encode::{
-    encode_close, encode_frame, encode_masked_frame, encode_text_with, payload_of,
-    put_compressed_text_header, put_header, MAX_HEADER, RSV1,
+    compressed_text_header, encode_close, encode_frame, encode_masked_frame, encode_text_with,
+    payload_of, put_header, MAX_HEADER, RSV1,
 };
 pub use mask::apply_mask;
 pub use parse::{parse_frame, parse_frame_ext};
