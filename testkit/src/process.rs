@@ -170,6 +170,24 @@ pub fn wait_ready(
     }
 }
 
+/// Starts a service on a port from `pick` with `start`, up to 5 times with another port:
+/// another process may take a free port between the check and the service's bind. Panics with
+/// the last error when every try failed. `what` names the service in the message.
+pub fn start_on_some_port(
+    what: &str,
+    mut pick: impl FnMut() -> u16,
+    mut start: impl FnMut(u16) -> Result<(), String>,
+) {
+    let mut last_error = String::new();
+    for _ in 0..5 {
+        match start(pick()) {
+            Ok(()) => return,
+            Err(e) => last_error = e,
+        }
+    }
+    panic!("{what} did not start: {last_error}");
+}
+
 /// Starts a stopped or killed service again with `spawn`, retrying for [`START_TIMEOUT`]: its
 /// port can stay busy briefly (say a client's socket in TIME_WAIT bound to it by chance), and
 /// it is ours. Panics when `running` (the service was not stopped first) or when it does not
