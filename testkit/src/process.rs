@@ -96,6 +96,18 @@ pub fn log_tail(path: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
+/// For the `Drop` of a process a test runs: when the test is failing (the thread panics),
+/// prints the last `lines` lines of its log under `---- WHAT log (PATH):`.
+pub fn print_log_if_panicking(what: &str, log: &Path, lines: usize) {
+    if std::thread::panicking() {
+        eprintln!(
+            "---- {what} log ({}):\n{}",
+            log.display(),
+            log_tail(log, lines)
+        );
+    }
+}
+
 /// Starts `cmd` with stdout and stderr appended to `log` (and stdin closed).
 pub fn spawn_logged(cmd: &mut Command, log: &Path) -> std::io::Result<Child> {
     let out = OpenOptions::new().create(true).append(true).open(log)?;
