@@ -114,11 +114,6 @@ impl Broker {
         Some(Service::start_on(tansu, free_port))
     }
 
-    /// `tcp://127.0.0.1:PORT`, the form tansu's own flags take.
-    fn tansu_url(&self) -> String {
-        tansu_url(self.port)
-    }
-
     /// `127.0.0.1:PORT`, the bootstrap address for Kafka clients (`--kafka`).
     pub fn addr(&self) -> String {
         format!("127.0.0.1:{}", self.port)
@@ -152,7 +147,7 @@ impl Broker {
 
     /// Creates a topic; one that exists already is fine (its partition count is kept).
     pub fn create_topic(&self, name: &str, partitions: u32) {
-        let url = self.tansu_url();
+        let url = tansu_url(self.port);
         let partitions = partitions.to_string();
         let args = [
             "topic",
@@ -185,7 +180,7 @@ impl Broker {
 
     /// Every topic of the broker with its partition count (`tansu topic list`).
     pub fn topic_partitions(&self) -> Vec<(String, usize)> {
-        let url = self.tansu_url();
+        let url = tansu_url(self.port);
         let out = self
             .tansu(&["topic", "list", "--broker", &url])
             .unwrap_or_else(|e| panic!("tansu topic list on {url}: {e}"));
