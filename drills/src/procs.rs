@@ -166,14 +166,7 @@ impl Drop for Node {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!(
-                "---- {} log ({}):\n{}",
-                self.name,
-                self.log.display(),
-                self.log_tail(60)
-            );
-        }
+        chat_testkit::print_log_if_panicking(&self.name, &self.log, 60);
     }
 }
 
@@ -299,13 +292,7 @@ impl Persister {
 impl Drop for Persister {
     fn drop(&mut self) {
         self.kill();
-        if std::thread::panicking() {
-            eprintln!(
-                "---- persister log ({}):\n{}",
-                self.log.display(),
-                self.log_tail(60)
-            );
-        }
+        chat_testkit::print_log_if_panicking("persister", &self.log, 60);
     }
 }
 

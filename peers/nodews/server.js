@@ -2,66 +2,11 @@
 // (/work/shared/PROTOCOL.md: join / send -> msg to every member / ack) as a Node team writes
 // it first: per message one INCR for the room's seq and one PUBLISH to the room's channel
 // (two awaited round trips, no batching), every node PSUBSCRIBEd to all rooms and fanning
-// out to its local members. No Kafka or PostgreSQL (see peers/README.md). Default options.
+// out to its local members (the server itself: chat.js, shared with nodews-kafka). No Kafka
+// or PostgreSQL (see peers/README.md). Default options.
 // Run by peers/peer.sh (PORT, REDIS_URL); listens on 127.0.0.1 only.
-const http = require("http");
-const { WebSocketServer } = require("ws");
-const Redis = require("ioredis");
+const { chatServer } = require("./chat");
 
 const port = Number(process.env.PORT || 9111);
-const url = process.env.REDIS_URL || "redis://127.0.0.1:6379";
-const node = Math.random().toString(16).slice(2, 10);
-const redis = new Redis(url);
-const sub = new Redis(url);
-const rooms = new Map(); // room -> Set of sockets on this node
-let counter = 0;
-
-sub.psubscribe("room:*");
-sub.on("pmessage", (_pattern, channel, message) => {
-  const members = rooms.get(channel.slice(5));
-  if (members) for (const ws of members) ws.send(message);
-});
-
-function error(ws, code, cid) {
-  ws.send(JSON.stringify({ type: "error", code, message: code, cid }));
-}
-
-const server = http.createServer((_req, res) => res.writeHead(404).end());
-const wss = new WebSocketServer({ server, path: "/ws" });
-wss.on("connection", (ws, req) => {
-  const user = new URL(req.url, "http://x").searchParams.get("user") || "anonymous";
-  const joined = new Set();
-  ws.on("message", async (data) => {
-    let m;
-    try {
-      m = JSON.parse(data);
-    } catch {
-      return error(ws, "bad_request");
-    }
-    if (m.type === "join") {
-      let members = rooms.get(m.room);
-      if (!members) rooms.set(m.room, (members = new Set()));
-      members.add(ws);
-      joined.add(m.room);
-      const seq = Number((await redis.get(`seq:${m.room}`)) || 0);
-      ws.send(JSON.stringify({ type: "joined", room: m.room, seq }));
-    } else if (m.type === "send") {
-      if (!joined.has(m.room)) return error(ws, "not_joined", m.cid);
-      const seq = await redis.incr(`seq:${m.room}`);
-      const id = `${node}-${(counter++).toString(16)}`;
-      const msg = { type: "msg", room: m.room, seq, id, from: user, ts: Date.now(), body: m.body, cid: m.cid };
-      await redis.publish(`room:${m.room}`, JSON.stringify(msg));
-      ws.send(JSON.stringify({ type: "ack", cid: m.cid, room: m.room, seq, id }));
-    } else {
-      error(ws, "bad_request", m.cid);
-    }
-  });
-  ws.on("close", () => {
-    for (const room of joined) {
-      const members = rooms.get(room);
-      members.delete(ws);
-      if (members.size === 0) rooms.delete(room);
-    }
-  });
-});
+const server = chatServer({ redisUrl: process.env.REDIS_URL || "redis://127.0.0.1:6379" });
 server.listen(port, "127.0.0.1", () => console.log(`ws listening on 127.0.0.1:${port}`));

@@ -128,38 +128,35 @@ fn g7_close_payloads() {
     let got = ws.close_with(&1000u16.to_be_bytes());
     assert_eq!(got.map(|c| c.0), Some(1000), "7.3.3");
 
-    let mut ws = Ws::connect(&server, "7.3.4 close 1000 with a reason");
-    ws.send(&close_frame(1000, b"Hello World!"));
-    let got = ws.read_close(&[]);
-    ws.expect_eof();
-    assert_eq!(got.map(|c| c.0), Some(1000), "7.3.4");
-
-    let mut ws = Ws::connect(
-        &server,
-        "7.3.5 close 1000 with a 123-byte reason (125-byte payload)",
-    );
-    ws.send(&close_frame(1000, &[b'*'; 123]));
-    let got = ws.read_close(&[]);
-    ws.expect_eof();
-    assert_eq!(got.map(|c| c.0), Some(1000), "7.3.5");
-
-    let mut ws = Ws::connect(
-        &server,
-        "7.3.6 close 1000 with a 124-byte reason (126-byte payload)",
-    );
-    ws.send(&close_frame(1000, &[b'*'; 124]));
-    let got = ws.read_close(&[]);
-    ws.expect_eof();
-    assert_eq!(got.map(|c| c.0), Some(1002), "7.3.6");
-
-    let mut ws = Ws::connect(&server, "7.5.1 close 1000 with a reason that is not UTF-8");
-    ws.send(&close_frame(
-        1000,
-        b"\xce\xba\xe1\xbd\xb9\xcf\x83\xce\xbc\xce\xb5\xed\xa0\x80\x65\x64\x69\x74\x65\x64",
-    ));
-    let got = ws.read_close(&[]);
-    ws.expect_eof();
-    assert_eq!(got.map(|c| c.0), Some(1007), "7.5.1");
+    // Close 1000 with a reason; each answered with the close code given, then TCP closes.
+    let not_utf8 =
+        b"\xce\xba\xe1\xbd\xb9\xcf\x83\xce\xbc\xce\xb5\xed\xa0\x80\x65\x64\x69\x74\x65\x64";
+    let reasons: [(&str, &[u8], u16); 4] = [
+        ("7.3.4 close 1000 with a reason", b"Hello World!", 1000),
+        (
+            "7.3.5 close 1000 with a 123-byte reason (125-byte payload)",
+            &[b'*'; 123],
+            1000,
+        ),
+        (
+            "7.3.6 close 1000 with a 124-byte reason (126-byte payload)",
+            &[b'*'; 124],
+            1002,
+        ),
+        (
+            "7.5.1 close 1000 with a reason that is not UTF-8",
+            not_utf8,
+            1007,
+        ),
+    ];
+    for (case, reason, code) in reasons {
+        let mut ws = Ws::connect(&server, case);
+        ws.send(&close_frame(1000, reason));
+        let got = ws.read_close(&[]);
+        ws.expect_eof();
+        let id = case.split(' ').next().unwrap();
+        assert_eq!(got.map(|c| c.0), Some(code), "{id}");
+    }
 }
 
 /// 7.7.x: valid close codes are answered with a close (echoing the code, or 1000 as Autobahn

@@ -38,39 +38,39 @@ fn g9_message_at_the_limit_is_accepted() {
 fn g9_frame_over_the_limit_closes_1009() {
     let server = Server::start(&[]);
     let mut ws = Ws::connect(&server, "9.x text frame of 65537 bytes");
-    let big = text(&join_len("too-big", LIMIT + 1));
-    // The server may close before reading it all: write from another thread, ignoring errors.
-    let mut writer = ws.stream.try_clone().unwrap();
-    let t = std::thread::spawn(move || {
-        let _ = writer.write_all(&big);
-    });
-    ws.expect_fail(1009);
-    t.join().unwrap();
+    write_expecting_close(&mut ws, text(&join_len("too-big", LIMIT + 1)), 1009);
 
     let mut ws = Ws::connect(&server, "9.x header of a 1 GiB text frame, no payload");
-    let mut header = vec![FIN | TEXT, 0x80 | 127];
-    header.extend_from_slice(&(1u64 << 30).to_be_bytes());
-    header.extend_from_slice(&next_mask());
-    ws.send(&header);
+    ws.send(&text_header_of_length(1 << 30));
     ws.expect_fail(1009);
 
     let mut ws = Ws::connect(&server, "9.x fragment over the limit");
     ws.send(&frame(TEXT, b"{\"type\":"));
-    let mut writer = ws.stream.try_clone().unwrap();
-    let big = frame(FIN | CONT, &vec![b' '; LIMIT + 1]);
-    let t = std::thread::spawn(move || {
-        let _ = writer.write_all(&big);
-    });
-    ws.expect_fail(1009);
-    t.join().unwrap();
+    write_expecting_close(&mut ws, frame(FIN | CONT, &vec![b' '; LIMIT + 1]), 1009);
 
     // A 64-bit length with the most significant bit set is invalid (RFC 6455 5.2), and huge.
     let mut ws = Ws::connect(&server, "9.x 64-bit length with the top bit set");
-    let mut header = vec![FIN | TEXT, 0x80 | 127];
-    header.extend_from_slice(&(1u64 << 63).to_be_bytes());
-    header.extend_from_slice(&next_mask());
-    ws.send(&header);
+    ws.send(&text_header_of_length(1 << 63));
     ws.expect_fail_one_of(&[1002, 1009], &[]);
+}
+
+/// Writes `bytes` while expecting the close `code`: from another thread, ignoring errors, as
+/// the server may close before reading them all.
+fn write_expecting_close(ws: &mut Ws, bytes: Vec<u8>, code: u16) {
+    let mut writer = ws.stream.try_clone().unwrap();
+    let t = std::thread::spawn(move || {
+        let _ = writer.write_all(&bytes);
+    });
+    ws.expect_fail(code);
+    t.join().unwrap();
+}
+
+/// The header of a masked text frame announcing `len` bytes (64-bit length), no payload.
+fn text_header_of_length(len: u64) -> Vec<u8> {
+    let mut header = vec![FIN | TEXT, 0x80 | 127];
+    header.extend_from_slice(&len.to_be_bytes());
+    header.extend_from_slice(&next_mask());
+    header
 }
 
 /// A fragmented message over the limit whose frames are each under it is answered with a

@@ -9,6 +9,7 @@
 //! search as `scripts/broker.sh path`).
 
 use crate::process::*;
+use crate::service::{Service, Spawn};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -38,13 +39,56 @@ pub fn tansu_binary() -> Option<PathBuf> {
         .find_map(|dir| executable(&dir.join("tansu")))
 }
 
-/// A tansu broker (Kafka protocol) on a free loopback port.
-pub struct Broker {
+/// A tansu broker (Kafka protocol) on a free loopback port. Durable, it keeps its topics and
+/// records over [`Broker::stop`] + [`Broker::start_again`]; in memory, it starts again empty.
+pub type Broker = Service<Tansu>;
+
+/// How a [`Broker`] runs tansu: its binary, storage and temp dir.
+pub struct Tansu {
     bin: PathBuf,
-    port: u16,
     durable: bool,
-    child: Option<Child>,
     dir: TempDir,
+}
+
+impl Tansu {
+    fn log(&self) -> PathBuf {
+        self.dir.path().join("tansu.log")
+    }
+}
+
+/// `tcp://127.0.0.1:PORT`, the form tansu's own flags take.
+fn tansu_url(port: u16) -> String {
+    format!("tcp://127.0.0.1:{port}")
+}
+
+impl Spawn for Tansu {
+    const WHAT: &'static str = "tansu broker";
+
+    fn spawn(&self, port: u16) -> Result<Child, String> {
+        // tansu resolves a sqlite:// URL relative to its working directory (host + path), so
+        // it runs in the temp dir and stores data/tansu.db there.
+        let storage = if self.durable {
+            "sqlite://data/tansu.db"
+        } else {
+            "memory://tansu/"
+        };
+        let url = tansu_url(port);
+        let log = self.log();
+        let mut cmd = Command::new(&self.bin);
+        cmd.current_dir(self.dir.path())
+            .args(["broker", "--listener-url", &url])
+            .args(["--advertised-listener-url", &url])
+            .args(["--storage-engine", storage])
+            .env(
+                "RUST_LOG",
+                std::env::var("CHAT_TANSU_LOG").unwrap_or_else(|_| "warn".into()),
+            );
+        let mut child = spawn_logged(&mut cmd, &log)
+            .map_err(|e| format!("spawn {}: {e}", self.bin.display()))?;
+        let what = format!("tansu broker on port {port}");
+        wait_ready(&what, &mut child, &log, START_TIMEOUT, || accepts_tcp(port))?;
+        Ok(child)
+    }
 }
 
 impl Broker {
@@ -66,59 +110,8 @@ impl Broker {
         };
         let dir = TempDir::new("tansu");
         fs::create_dir_all(dir.path().join("data")).expect("create the broker's data dir");
-        let mut broker = Broker {
-            bin,
-            port: 0,
-            durable,
-            child: None,
-            dir,
-        };
-        let mut last_error = String::new();
-        for _ in 0..5 {
-            broker.port = free_port();
-            match broker.spawn() {
-                Ok(()) => return Some(broker),
-                Err(e) => last_error = e,
-            }
-        }
-        panic!("tansu broker did not start: {last_error}");
-    }
-
-    fn log(&self) -> PathBuf {
-        self.dir.path().join("tansu.log")
-    }
-
-    /// `tcp://127.0.0.1:PORT`, the form tansu's own flags take.
-    fn tansu_url(&self) -> String {
-        format!("tcp://127.0.0.1:{}", self.port)
-    }
-
-    fn spawn(&mut self) -> Result<(), String> {
-        // tansu resolves a sqlite:// URL relative to its working directory (host + path), so
-        // it runs in the temp dir and stores data/tansu.db there.
-        let storage = if self.durable {
-            "sqlite://data/tansu.db"
-        } else {
-            "memory://tansu/"
-        };
-        let url = self.tansu_url();
-        let log = self.log();
-        let mut cmd = Command::new(&self.bin);
-        cmd.current_dir(self.dir.path())
-            .args(["broker", "--listener-url", &url])
-            .args(["--advertised-listener-url", &url])
-            .args(["--storage-engine", storage])
-            .env(
-                "RUST_LOG",
-                std::env::var("CHAT_TANSU_LOG").unwrap_or_else(|_| "warn".into()),
-            );
-        let mut child = spawn_logged(&mut cmd, &log)
-            .map_err(|e| format!("spawn {}: {e}", self.bin.display()))?;
-        let port = self.port;
-        let what = format!("tansu broker on port {port}");
-        wait_ready(&what, &mut child, &log, START_TIMEOUT, || accepts_tcp(port))?;
-        self.child = Some(child);
-        Ok(())
+        let tansu = Tansu { bin, durable, dir };
+        Some(Service::start_on(tansu, free_port))
     }
 
     /// `127.0.0.1:PORT`, the bootstrap address for Kafka clients (`--kafka`).
@@ -126,27 +119,20 @@ impl Broker {
         format!("127.0.0.1:{}", self.port)
     }
 
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
     pub fn dir(&self) -> &Path {
-        self.dir.path()
-    }
-
-    pub fn is_running(&mut self) -> bool {
-        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+        self.spec.dir.path()
     }
 
     /// Runs `tansu ARGS...`; Ok(stdout + stderr) on exit 0, Err(the same) otherwise.
     fn tansu(&self, args: &[&str]) -> Result<String, String> {
-        let out = Command::new(&self.bin)
-            .current_dir(self.dir.path())
+        let bin = &self.spec.bin;
+        let out = Command::new(bin)
+            .current_dir(self.dir())
             .args(args)
             .env("RUST_LOG", "error")
             .stdin(Stdio::null())
             .output()
-            .unwrap_or_else(|e| panic!("run {}: {e}", self.bin.display()));
+            .unwrap_or_else(|e| panic!("run {}: {e}", bin.display()));
         let text = format!(
             "{}{}",
             String::from_utf8_lossy(&out.stdout),
@@ -161,7 +147,7 @@ impl Broker {
 
     /// Creates a topic; one that exists already is fine (its partition count is kept).
     pub fn create_topic(&self, name: &str, partitions: u32) {
-        let url = self.tansu_url();
+        let url = tansu_url(self.port);
         let partitions = partitions.to_string();
         let args = [
             "topic",
@@ -186,7 +172,7 @@ impl Broker {
                 }
                 Err(e) => panic!(
                     "tansu topic create {name} on {url}: {e}\nbroker log:\n{}",
-                    log_tail(&self.log(), 30)
+                    log_tail(&self.spec.log(), 30)
                 ),
             }
         }
@@ -194,7 +180,7 @@ impl Broker {
 
     /// Every topic of the broker with its partition count (`tansu topic list`).
     pub fn topic_partitions(&self) -> Vec<(String, usize)> {
-        let url = self.tansu_url();
+        let url = tansu_url(self.port);
         let out = self
             .tansu(&["topic", "list", "--broker", &url])
             .unwrap_or_else(|e| panic!("tansu topic list on {url}: {e}"));
@@ -226,33 +212,5 @@ impl Broker {
         self.topic_partitions()
             .into_iter()
             .find_map(|(n, p)| (n == topic).then_some(p))
-    }
-
-    /// Graceful stop: SIGTERM, SIGKILL after 10 s; waits for the exit. No-op when stopped.
-    pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            terminate(&mut child, STOP_TIMEOUT);
-        }
-    }
-
-    /// SIGKILL (a crash); waits for the exit. No-op when stopped.
-    pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            kill_now(&mut child);
-        }
-    }
-
-    /// Starts the stopped or killed broker again on the same port with the same storage (a
-    /// durable broker keeps its topics and records; an in-memory one starts empty). Panics when
-    /// it is running.
-    pub fn start_again(&mut self) {
-        let (port, running) = (self.port, self.child.is_some());
-        start_again("tansu broker", port, running, || self.spawn());
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        self.kill();
     }
 }

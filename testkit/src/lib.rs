@@ -13,8 +13,10 @@ pub mod broker;
 pub mod postgres;
 pub mod process;
 pub mod redis;
+pub mod service;
 
 pub use broker::{tansu_binary, Broker};
 pub use postgres::{PrivatePostgres, ScratchDb};
-pub use process::{free_port, log_tail, send_signal, TempDir};
+pub use process::{free_port, log_tail, print_log_if_panicking, send_signal, TempDir};
 pub use redis::{redis_cli, RedisCluster, RedisServer};
+pub use service::Service;

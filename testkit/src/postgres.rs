@@ -89,15 +89,11 @@ impl PrivatePostgres {
             running: false,
             dir,
         };
-        let mut last_error = String::new();
-        for _ in 0..5 {
-            pg.port = free_port();
-            match pg.pg_ctl_start() {
-                Ok(()) => return pg,
-                Err(e) => last_error = e,
-            }
-        }
-        panic!("private PostgreSQL did not start: {last_error}");
+        start_on_some_port("private PostgreSQL", free_port, |port| {
+            pg.port = port;
+            pg.pg_ctl_start()
+        });
+        pg
     }
 
     fn log(&self) -> PathBuf {

@@ -96,6 +96,18 @@ pub fn log_tail(path: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
+/// For the `Drop` of a process a test runs: when the test is failing (the thread panics),
+/// prints the last `lines` lines of its log under `---- WHAT log (PATH):`.
+pub fn print_log_if_panicking(what: &str, log: &Path, lines: usize) {
+    if std::thread::panicking() {
+        eprintln!(
+            "---- {what} log ({}):\n{}",
+            log.display(),
+            log_tail(log, lines)
+        );
+    }
+}
+
 /// Starts `cmd` with stdout and stderr appended to `log` (and stdin closed).
 pub fn spawn_logged(cmd: &mut Command, log: &Path) -> std::io::Result<Child> {
     let out = OpenOptions::new().create(true).append(true).open(log)?;
@@ -168,6 +180,24 @@ pub fn wait_ready(
         }
         std::thread::sleep(Duration::from_millis(25));
     }
+}
+
+/// Starts a service on a port from `pick` with `start`, up to 5 times with another port:
+/// another process may take a free port between the check and the service's bind. Panics with
+/// the last error when every try failed. `what` names the service in the message.
+pub fn start_on_some_port(
+    what: &str,
+    mut pick: impl FnMut() -> u16,
+    mut start: impl FnMut(u16) -> Result<(), String>,
+) {
+    let mut last_error = String::new();
+    for _ in 0..5 {
+        match start(pick()) {
+            Ok(()) => return,
+            Err(e) => last_error = e,
+        }
+    }
+    panic!("{what} did not start: {last_error}");
 }
 
 /// Starts a stopped or killed service again with `spawn`, retrying for [`START_TIMEOUT`]: its

@@ -2,6 +2,7 @@
 //! temporary directory: tests may stop, kill, restart or wipe them (never the shared 6379).
 
 use crate::process::*;
+use crate::service::{Service, Spawn};
 use std::fs;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -56,13 +57,46 @@ const REDIS_BASE_ARGS: &[&str] = &[
     "local",
 ];
 
-/// One private `redis-server` process with its own port and data directory.
-pub struct RedisServer {
-    port: u16,
+/// One private `redis-server` process with its own port and data directory. Its append-only
+/// file keeps every acknowledged write over a stop or a kill and [`RedisServer::start_again`].
+pub type RedisServer = Service<Redis>;
+
+/// How a [`RedisServer`] runs `redis-server`: its extra flags and data directory.
+pub struct Redis {
     extra: Vec<String>,
-    child: Option<Child>,
-    // Last: the directory goes after the process is gone.
     dir: TempDir,
+}
+
+impl Redis {
+    fn log(&self) -> PathBuf {
+        self.dir.path().join("redis.log")
+    }
+}
+
+impl Spawn for Redis {
+    const WHAT: &'static str = "redis-server";
+
+    fn spawn(&self, port: u16) -> Result<Child, String> {
+        let log = self.log();
+        let mut cmd = Command::new("redis-server");
+        cmd.args(["--port", &port.to_string()])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .args(REDIS_BASE_ARGS)
+            .args(&self.extra);
+        let mut child = spawn_logged(&mut cmd, &log)
+            .map_err(|e| format!("spawn redis-server (apt-get install redis-server): {e}"))?;
+        let what = format!("redis-server on port {port}");
+        wait_ready(&what, &mut child, &log, START_TIMEOUT, || redis_pong(port))?;
+        // The PONG could come from another Redis that took the port first: ours must say so.
+        let info = redis_cli(port, &["info", "server"]);
+        let ours = format!("process_id:{}", child.id());
+        if !info.lines().any(|l| l.trim() == ours) {
+            kill_now(&mut child);
+            return Err(format!("port {port} is taken by another Redis"));
+        }
+        Ok(child)
+    }
 }
 
 impl RedisServer {
@@ -77,56 +111,13 @@ impl RedisServer {
         RedisServer::start_on_free_port("redis", extra, &[])
     }
 
+    /// On a port with `port + offset` free too for every offset.
     fn start_on_free_port(prefix: &str, extra: &[&str], port_offsets: &[u16]) -> RedisServer {
-        let mut server = RedisServer {
-            port: 0,
+        let redis = Redis {
             extra: extra.iter().map(|s| s.to_string()).collect(),
-            child: None,
             dir: TempDir::new(prefix),
         };
-        let mut last_error = String::new();
-        for _ in 0..5 {
-            // Another process may grab the port between the check and redis-server's bind:
-            // then try another one.
-            server.port = pick_port(port_offsets);
-            match server.spawn() {
-                Ok(()) => return server,
-                Err(e) => last_error = e,
-            }
-        }
-        panic!("redis-server did not start: {last_error}");
-    }
-
-    fn log(&self) -> PathBuf {
-        self.dir.path().join("redis.log")
-    }
-
-    fn spawn(&mut self) -> Result<(), String> {
-        let log = self.log();
-        let mut cmd = Command::new("redis-server");
-        cmd.args(["--port", &self.port.to_string()])
-            .arg("--dir")
-            .arg(self.dir.path())
-            .args(REDIS_BASE_ARGS)
-            .args(&self.extra);
-        let mut child = spawn_logged(&mut cmd, &log)
-            .map_err(|e| format!("spawn redis-server (apt-get install redis-server): {e}"))?;
-        let port = self.port;
-        let what = format!("redis-server on port {port}");
-        wait_ready(&what, &mut child, &log, START_TIMEOUT, || redis_pong(port))?;
-        // The PONG could come from another Redis that took the port first: ours must say so.
-        let info = redis_cli(port, &["info", "server"]);
-        let ours = format!("process_id:{}", child.id());
-        if !info.lines().any(|l| l.trim() == ours) {
-            kill_now(&mut child);
-            return Err(format!("port {port} is taken by another Redis"));
-        }
-        self.child = Some(child);
-        Ok(())
-    }
-
-    pub fn port(&self) -> u16 {
-        self.port
+        Service::start_on(redis, || pick_port(port_offsets))
     }
 
     /// `redis://127.0.0.1:PORT`
@@ -141,42 +132,12 @@ impl RedisServer {
 
     /// The data directory (append-only files, `redis.log`).
     pub fn dir(&self) -> &Path {
-        self.dir.path()
-    }
-
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(|c| c.id())
-    }
-
-    pub fn is_running(&mut self) -> bool {
-        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+        self.spec.dir.path()
     }
 
     /// `redis-cli -p PORT ARGS...` (stdout, trimmed); panics when redis-cli fails.
     pub fn cli(&self, args: &[&str]) -> String {
         redis_cli(self.port, args)
-    }
-
-    /// Graceful stop: SIGTERM, SIGKILL after 10 s; waits for the exit. No-op when stopped.
-    pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            terminate(&mut child, STOP_TIMEOUT);
-        }
-    }
-
-    /// SIGKILL (a crash); waits for the exit. The append-only file keeps every acknowledged
-    /// write. No-op when stopped.
-    pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            kill_now(&mut child);
-        }
-    }
-
-    /// Starts the stopped or killed server again on the same port with the same data
-    /// directory (so with the same data). Panics when it is running.
-    pub fn start_again(&mut self) {
-        let (port, running) = (self.port, self.child.is_some());
-        start_again("redis-server", port, running, || self.spawn());
     }
 
     /// Redis loses its data: stops it, deletes the append-only files and snapshots (keeping
@@ -185,16 +146,10 @@ impl RedisServer {
     pub fn flushall_and_restart_without_data(&mut self) {
         self.stop();
         for name in ["appendonlydir", "appendonly.aof", "dump.rdb"] {
-            let p = self.dir.path().join(name);
+            let p = self.dir().join(name);
             let _ = fs::remove_dir_all(&p).or_else(|_| fs::remove_file(&p));
         }
         self.start_again();
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.kill();
     }
 }
 

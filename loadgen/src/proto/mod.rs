@@ -199,6 +199,16 @@ pub(crate) fn reply<'a>(kind: Kind, room: &'a [u8], code: &'a [u8]) -> ServerMsg
     }
 }
 
+/// For the protocols' tests: `b` as `proto` parses it, which must be a server message (panics
+/// with the frame otherwise).
+#[cfg(test)]
+fn parse_server(proto: Protocol, b: &[u8]) -> crate::client::ServerMsg<'_> {
+    match proto.parse(b) {
+        Some(Incoming::Server(m)) => m,
+        other => panic!("{}: {other:?}", String::from_utf8_lossy(b)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -201,12 +201,10 @@ fn hex(b: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::{parse_server, Protocol};
 
     fn server(b: &[u8]) -> crate::client::ServerMsg<'_> {
-        match parse(b) {
-            Some(Incoming::Server(m)) => m,
-            other => panic!("{}: {other:?}", String::from_utf8_lossy(b)),
-        }
+        parse_server(Protocol::Pusher, b)
     }
 
     #[test]

@@ -112,13 +112,7 @@ fn fields(obj: &[u8]) -> Option<(&[u8], &[u8], &[u8])> {
 mod tests {
     use super::*;
     use crate::client::SendEncoder;
-
-    fn server(b: &[u8]) -> crate::client::ServerMsg<'_> {
-        match parse(b) {
-            Some(Incoming::Server(m)) => m,
-            other => panic!("{}: {other:?}", String::from_utf8_lossy(b)),
-        }
-    }
+    use crate::proto::{parse_server, Protocol};
 
     #[test]
     fn encodes_events_with_acks() {
@@ -138,6 +132,10 @@ mod tests {
             (v[0].as_str(), v[1]["cid"].as_str()),
             (Some("send"), Some("2-7-99"))
         );
+    }
+
+    fn server(b: &[u8]) -> crate::client::ServerMsg<'_> {
+        parse_server(Protocol::Socketio, b)
     }
 
     #[test]

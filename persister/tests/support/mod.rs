@@ -265,13 +265,7 @@ impl Persister {
 impl Drop for Persister {
     fn drop(&mut self) {
         self.kill();
-        if std::thread::panicking() {
-            eprintln!(
-                "---- persister log ({}):\n{}",
-                self.log.display(),
-                self.log_tail(80)
-            );
-        }
+        chat_testkit::print_log_if_panicking("persister", &self.log, 80);
     }
 }
 

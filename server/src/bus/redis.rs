@@ -309,35 +309,31 @@ impl RedisConn {
         Ok(out)
     }
 
-    /// Subscribes to a room channel (sharded on a cluster).
-    pub async fn subscribe_room(&self, channel: &str) -> RedisResult<()> {
-        match self {
-            RedisConn::Single(c) => c.clone().subscribe(channel).await,
-            RedisConn::Cluster(c) => c.clone().ssubscribe(channel).await,
+    /// Subscribes to a room's channel (sharded on a cluster: SSUBSCRIBE) or a user's (plain
+    /// pub/sub everywhere).
+    pub async fn subscribe(&self, channel: &str, kind: ChannelKind) -> RedisResult<()> {
+        match (self, kind) {
+            (RedisConn::Single(c), _) => c.clone().subscribe(channel).await,
+            (RedisConn::Cluster(c), ChannelKind::Room) => c.clone().ssubscribe(channel).await,
+            (RedisConn::Cluster(c), ChannelKind::User) => c.clone().subscribe(channel).await,
         }
     }
 
-    pub async fn unsubscribe_room(&self, channel: &str) -> RedisResult<()> {
-        match self {
-            RedisConn::Single(c) => c.clone().unsubscribe(channel).await,
-            RedisConn::Cluster(c) => c.clone().sunsubscribe(channel).await,
+    /// Undoes [`RedisConn::subscribe`] of the same channel and kind.
+    pub async fn unsubscribe(&self, channel: &str, kind: ChannelKind) -> RedisResult<()> {
+        match (self, kind) {
+            (RedisConn::Single(c), _) => c.clone().unsubscribe(channel).await,
+            (RedisConn::Cluster(c), ChannelKind::Room) => c.clone().sunsubscribe(channel).await,
+            (RedisConn::Cluster(c), ChannelKind::User) => c.clone().unsubscribe(channel).await,
         }
     }
+}
 
-    /// Subscribes to a user channel (plain pub/sub everywhere).
-    pub async fn subscribe_user(&self, channel: &str) -> RedisResult<()> {
-        match self {
-            RedisConn::Single(c) => c.clone().subscribe(channel).await,
-            RedisConn::Cluster(c) => c.clone().subscribe(channel).await,
-        }
-    }
-
-    pub async fn unsubscribe_user(&self, channel: &str) -> RedisResult<()> {
-        match self {
-            RedisConn::Single(c) => c.clone().unsubscribe(channel).await,
-            RedisConn::Cluster(c) => c.clone().unsubscribe(channel).await,
-        }
-    }
+/// Whose channel a subscription is for: a room's is sharded on a Redis Cluster, a user's is not.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChannelKind {
+    Room,
+    User,
 }
 
 /// The error each command of a shard's failed pipeline answers (the shard's error, as text).

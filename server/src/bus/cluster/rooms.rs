@@ -5,7 +5,7 @@
 use super::from_store::{StoreReplay, BUSY};
 use super::resp::{bulk, msg_head, stream_messages, value_u64};
 use super::{dm_index, Bus, REDIS_RETRY_BUDGET};
-use crate::bus::redis as keys;
+use crate::bus::redis::{self as keys, ChannelKind};
 use crate::messages::{Channel, CoreId, FetchKind, FetchRequest, Name, Reply, ReplyTo};
 use chat_wire::frame::{encode_frame, OpCode};
 use chat_wire::protocol::{reply, ErrorCode};
@@ -25,7 +25,7 @@ impl Bus {
         if first {
             let channel = keys::room_channel(room);
             let redis = self.redis();
-            let subscribe = redis.subscribe_room(&channel);
+            let subscribe = redis.subscribe(&channel, ChannelKind::Room);
             match tokio::time::timeout(REDIS_RETRY_BUDGET, subscribe).await {
                 Ok(r) => r?,
                 Err(_) => {
@@ -209,7 +209,11 @@ impl Bus {
             self.user_changed(user.clone());
             let bus = self.clone();
             tokio::task::spawn_local(async move {
-                if let Err(e) = bus.redis().subscribe_user(&keys::user_channel(&user)).await {
+                if let Err(e) = bus
+                    .redis()
+                    .subscribe(&keys::user_channel(&user), ChannelKind::User)
+                    .await
+                {
                     tracing::warn!(%user, error = %e, "SUBSCRIBE failed");
                 }
             });
@@ -255,12 +259,12 @@ impl Bus {
                 let r = match &channel {
                     Channel::Room(room) => {
                         bus.redis()
-                            .unsubscribe_room(&keys::room_channel(room))
+                            .unsubscribe(&keys::room_channel(room), ChannelKind::Room)
                             .await
                     }
                     Channel::User(user) => {
                         bus.redis()
-                            .unsubscribe_user(&keys::user_channel(user))
+                            .unsubscribe(&keys::user_channel(user), ChannelKind::User)
                             .await
                     }
                 };

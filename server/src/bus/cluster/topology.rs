@@ -18,6 +18,7 @@
 //! ([`crate::bus::replication`]).
 
 use super::{Bus, Name};
+use crate::bus::redis::ChannelKind;
 use crate::bus::redis::{self as keys, RedisConn};
 use crate::metrics::inc;
 use std::rc::Rc;
@@ -138,13 +139,12 @@ impl Bus {
     pub(super) async fn again(&self, channel: &str, user: bool) {
         for attempt in 1..=SUBSCRIBE_ATTEMPTS {
             let redis = self.redis();
-            let subscribe = async {
-                if user {
-                    redis.subscribe_user(channel).await
-                } else {
-                    redis.subscribe_room(channel).await
-                }
+            let kind = if user {
+                ChannelKind::User
+            } else {
+                ChannelKind::Room
             };
+            let subscribe = redis.subscribe(channel, kind);
             match tokio::time::timeout(Duration::from_secs(2), subscribe).await {
                 Ok(Ok(())) => return,
                 Ok(Err(e)) if attempt == SUBSCRIBE_ATTEMPTS => {
