@@ -60,6 +60,10 @@ def runs(out, system, rate):
             "ok": res["verdict"]["ok"], "loadgen_bound": res["loadgen"]["bottleneck"],
             "pressure": res["loadgen"].get("cpu_pressure"),
         })
+        if res.get("floor") and res.get("server_cpu_vs_floor"):
+            # `loadgen run --floor` (PEERS_LOADGEN_ARGS): the kernel's cost of the same frames.
+            found[-1]["floor_us"] = res["floor"]["us_per_frame"]
+            found[-1]["vs_floor"] = res["server_cpu_vs_floor"]
         svc = load(r / "service-cpu.json")
         if svc and c["delivered"]:
             found[-1]["broker_us"] = svc["broker_cpu_seconds"] * 1e6 / c["delivered"]
@@ -126,12 +130,14 @@ def main(out):
     for rate in rates:
         table = {s: runs(out, s, rate) for s in systems}
         svc_cols = any("broker_us" in r for rs in table.values() for r in rs)
+        floor_cols = any("floor_us" in r for rs in table.values() for r in rs)
         lines += [f"### {rate:,} msg/s offered ({rate * 10:,} deliveries/s)", "",
                   "| system | server CPU µs / delivery | Redis CPU µs / delivery | vs ours (server + Redis) "
+                  + ("| kernel floor µs / frame | server ÷ floor " if floor_cols else "")
                   + ("| broker CPU µs / delivery | PostgreSQL CPU µs / delivery " if svc_cols else "")
                   + "| delivery p50 ms | p99 ms | p99.9 ms | verified | notes |",
-                  "| --- | ---: | ---: | ---: | " + ("---: | ---: | " if svc_cols else "")
-                  + "---: | ---: | ---: | --- | --- |"]
+                  "| --- | ---: | ---: | ---: | " + ("---: | ---: | " if floor_cols else "")
+                  + ("---: | ---: | " if svc_cols else "") + "---: | ---: | ---: | --- | --- |"]
         for s in systems:
             rs = table[s]
             if not rs:
@@ -144,6 +150,10 @@ def main(out):
             if svc_cols:
                 svc = (f"| {spread(rs, 'broker_us', f1)} | {spread(rs, 'pg_us', f1)} "
                        if all("broker_us" in r for r in rs) else "| - | - ")
+            floor = ""
+            if floor_cols:
+                floor = (f"| {spread(rs, 'floor_us', f1)} | {spread(rs, 'vs_floor', lambda x: f'{x:.2f}x')} "
+                         if all("floor_us" in r for r in rs) else "| - | - ")
             lost = sum(r["lost"] for r in rs)
             dup = sum(r["duplicated"] for r in rs)
             reord = sum(r["reordered"] for r in rs)
@@ -156,7 +166,7 @@ def main(out):
             if nb:
                 notes.append(f"load generator flagged itself the bottleneck in {nb}/{len(rs)} rounds")
             lines.append(f"| {LABEL[s]} | {spread(rs, 'server_us', f1)} | {spread(rs, 'redis_us', f1)} | {ratio} "
-                         + (svc if svc_cols else "") +
+                         + floor + (svc if svc_cols else "") +
                          f"| {spread(rs, 'p50', ms)} | {spread(rs, 'p99', ms)} | {spread(rs, 'p999', ms)} "
                          f"| {verified} | {'; '.join(notes)} |")
             summary["systems"].setdefault(s, {})[str(rate)] = {
@@ -167,6 +177,8 @@ def main(out):
                 "total_vs_ours": (total / ours) if ours else None, "baseline": base,
                 "broker_us_median": med([r["broker_us"] for r in rs if "broker_us" in r]),
                 "pg_us_median": med([r["pg_us"] for r in rs if "pg_us" in r]),
+                "floor_us_median": med([r["floor_us"] for r in rs if "floor_us" in r]),
+                "vs_floor_median": med([r["vs_floor"] for r in rs if "vs_floor" in r]),
             }
         lines.append("")
         bar_svg(out / f"cpu-{rate}.svg", f"CPU per delivery at {rate:,} msg/s offered (median of rounds)", "µs",

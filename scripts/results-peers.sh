@@ -26,7 +26,9 @@
 # PEERS_SWEEP_RATES (400,1000,2000,3000,4000,6000,8000,10000; empty: no sweep), PEERS_SWEEP_DURATION
 # (5), PEERS_IDLE (10000; 0: skip), RESULTS_OUT (results) -> OUT/peers/, PEERS_OUT (the output
 # directory itself, instead of OUT/peers/: a partial run kept apart from the full one),
-# PEERS_LOADGEN (a prebuilt loadgen: skips the build).
+# PEERS_LOADGEN (a prebuilt loadgen: skips the build), PEERS_LOADGEN_ARGS (more `loadgen run`
+# flags for the fixed-rate runs: `--floor` measures the kernel floor after each run, so that
+# result.json holds `floor` and `server_cpu_vs_floor` beside the server's CPU).
 # Installs what is missing (peers/peer.sh install: Sockudo compiles for 8-15 minutes once).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -111,7 +113,8 @@ measure() {
     --server-pids "$(pid_list "$s")" --redis-pid "$redis_pid" \
     --connections 1000 --rooms 100 --members 10 --senders 100 --body 100 --rate "$rate" \
     --warmup "$warmup" --duration "$duration" --results-dir "$(dirname "$dir")" \
-    --name "$(basename "$dir")" --no-plots --no-progress >"$logs/last-run.out" 2>&1 || true
+    --name "$(basename "$dir")" --no-plots --no-progress ${PEERS_LOADGEN_ARGS:-} \
+    >"$logs/last-run.out" 2>&1 || true
   if [ -n "$svc" ] && [ -d "$dir" ]; then
     # PostgreSQL backends that connected during the run count from 0 (their whole life).
     local pg1 new="" pid
