@@ -182,7 +182,7 @@ async fn read_head(
 /// Reads into the spare capacity of `buf`, first making room for `want` bytes when less than a
 /// quarter of that is free. The bytes read and whether they filled the room given; `None` at
 /// end of stream or on error.
-pub async fn read_more<R: AsyncReadRent>(
+async fn read_more<R: AsyncReadRent>(
     r: &mut R,
     mut buf: BytesMut,
     want: usize,

@@ -46,7 +46,10 @@ fn page(req: &Request<'_>, node: &Node) -> Route {
         return websocket(req, node);
     }
     if req.path.starts_with("/api/") {
-        return crate::api::route(req, node);
+        return match crate::api::route(req, node) {
+            Ok(call) => Route::Api(call),
+            Err(answer) => Route::Respond(answer),
+        };
     }
     if req.method != "GET" && req.method != "HEAD" {
         return text(405, "only GET is served here\n");

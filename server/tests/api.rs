@@ -294,6 +294,44 @@ async fn a_published_message_reaches_members_once_as_a_msg() {
     );
 }
 
+/// Writes a publish head, then its body up to each of `ends` in turn, with a pause before each
+/// part; the answer.
+async fn publish_in_parts(server: &Server, body: &[u8], ends: &[usize]) -> String {
+    let head = format!(
+        "POST /api/publish HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let mut s = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut start = 0;
+    for &end in ends {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        s.write_all(&body[start..end]).await.unwrap();
+        start = end;
+    }
+    let mut out = Vec::new();
+    tokio::time::timeout(TIMEOUT, s.read_to_end(&mut out))
+        .await
+        .expect("answer in time")
+        .expect("read the answer");
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn a_body_that_comes_after_the_head_in_parts_is_read_whole_or_times_out() {
+    let server = Server::start(&["--api-key", KEY, "--head-timeout-ms", "1000"]);
+    let body = message("r", "bot", "c1", "sent in three parts").to_string();
+    let n = body.len();
+    let answer = publish_in_parts(&server, body.as_bytes(), &[10, n / 2, n]).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains(r#""seq":1"#), "{answer}");
+    // Half a body, then nothing: 408 once --head-timeout-ms has passed.
+    let body = message("r", "bot", "c2", "never finished").to_string();
+    let answer = publish_in_parts(&server, body.as_bytes(), &[body.len() / 2]).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+}
+
 #[tokio::test]
 async fn over_the_rate_is_429() {
     // One core: the API's buckets are per user and core.

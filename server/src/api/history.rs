@@ -13,7 +13,6 @@
 
 use super::{bad_request, exchange, json_response, request_error};
 use crate::core::CoreRef;
-use crate::http::Route;
 use crate::node::Node;
 use chat_wire::handshake::Request;
 use chat_wire::protocol::{ClientOp, RequestError};
@@ -23,9 +22,9 @@ use serde_json::{Map, Value};
 const READER: &str = "api:history";
 
 /// Takes the query parameters of a history request; [`serve`] checks them.
-pub fn route(req: &Request<'_>, _node: &Node) -> Route {
+pub fn route(req: &Request<'_>, _node: &Node) -> Result<super::Call, Vec<u8>> {
     let param = |name| req.query_param(name).map(|v| v.into_owned());
-    Route::Api(super::Call::History {
+    Ok(super::Call::History {
         room: param("room"),
         before: param("before"),
         limit: param("limit"),

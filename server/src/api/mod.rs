@@ -32,7 +32,6 @@ mod history;
 mod publish;
 
 use crate::core::{Core, CoreRef};
-use crate::http::Route;
 use crate::messages::ConnId;
 use crate::node::Node;
 use crate::outbound::ConnIo;
@@ -62,25 +61,29 @@ pub enum Call {
     },
 }
 
-/// Routes a request head under `/api/`: a [`Call`] to serve, or the answer when there is none.
-pub fn route(req: &Request<'_>, node: &Node) -> Route {
+/// What routes one endpoint's request head.
+type Router = fn(&Request<'_>, &Node) -> Result<Call, Vec<u8>>;
+
+/// Routes a request head under `/api/`: a [`Call`] to serve, or the HTTP answer when there is
+/// none.
+pub fn route(req: &Request<'_>, node: &Node) -> Result<Call, Vec<u8>> {
     let Some(key) = node.config.api_key.as_deref() else {
         let why = "the server API is off (start the server with --api-key)";
-        return Route::Respond(error(404, "not_found", why, None));
+        return Err(error(404, "not_found", why, None));
     };
     let (method, call) = match req.path {
-        "/api/publish" => ("POST", publish::route as fn(&Request<'_>, &Node) -> Route),
-        "/api/history" => ("GET", history::route as fn(&Request<'_>, &Node) -> Route),
-        _ => return Route::Respond(error(404, "not_found", "no such API endpoint", None)),
+        "/api/publish" => ("POST", publish::route as Router),
+        "/api/history" => ("GET", history::route as Router),
+        _ => return Err(error(404, "not_found", "no such API endpoint", None)),
     };
     if !authorised(req.header("authorization"), key) {
         let resp = error(401, "unauthorized", "missing or wrong API key", None);
-        return Route::Respond(with_header(resp, "WWW-Authenticate: Bearer"));
+        return Err(with_header(resp, "WWW-Authenticate: Bearer"));
     }
     if req.method != method {
         let why = format!("{} takes {method} only", req.path);
         let resp = error(405, "method_not_allowed", &why, None);
-        return Route::Respond(with_header(resp, &format!("Allow: {method}")));
+        return Err(with_header(resp, &format!("Allow: {method}")));
     }
     call(req, node)
 }

@@ -16,7 +16,6 @@
 
 use super::{bad_request, error, exchange, json_response, request_error};
 use crate::core::{Core, CoreRef};
-use crate::http::Route;
 use crate::messages::{ConnId, Name};
 use crate::node::Node;
 use crate::ops::Sender;
@@ -25,26 +24,27 @@ use ahash::AHashMap;
 use bytes::BytesMut;
 use chat_wire::handshake::Request;
 use chat_wire::protocol::{validate_user, ClientOp, RequestError};
-use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
+use monoio::buf::IoBufMut;
+use monoio::io::{AsyncReadRent, AsyncReadRentExt, AsyncWriteRent, AsyncWriteRentExt};
 use serde_json::{json, Map, Value};
 use std::cell::RefCell;
 use std::time::{Duration, Instant};
 
 /// Checks the head of a publish: its body's type and length. The body is read by [`serve`].
-pub fn route(req: &Request<'_>, node: &Node) -> Route {
+pub fn route(req: &Request<'_>, node: &Node) -> Result<super::Call, Vec<u8>> {
     if let Some(ct) = req.header("content-type") {
         let media = ct.split(';').next().unwrap_or("").trim();
         if !media.eq_ignore_ascii_case("application/json") {
             let why = format!("Content-Type must be application/json, not {media:?}");
-            return Route::Respond(error(415, "bad_request", &why, None));
+            return Err(error(415, "bad_request", &why, None));
         }
     }
     if req.header("transfer-encoding").is_some() {
         let why = "send the body with Content-Length (chunked bodies are not taken)";
-        return Route::Respond(error(411, "bad_request", why, None));
+        return Err(error(411, "bad_request", why, None));
     }
     let Some(length) = req.header("content-length") else {
-        return Route::Respond(error(
+        return Err(error(
             411,
             "bad_request",
             "Content-Length is required",
@@ -53,17 +53,17 @@ pub fn route(req: &Request<'_>, node: &Node) -> Route {
     };
     let Ok(length) = length.parse::<usize>() else {
         let why = "Content-Length is not a number";
-        return Route::Respond(error(400, "bad_request", why, None));
+        return Err(error(400, "bad_request", why, None));
     };
     let max = node.config.max_frame;
     if length > max {
         let why = format!("request body over {max} bytes (--max-frame)");
-        return Route::Respond(error(413, "too_large", &why, None));
+        return Err(error(413, "too_large", &why, None));
     }
     let expect_continue = req
         .header("expect")
         .is_some_and(|e| e.eq_ignore_ascii_case("100-continue"));
-    Route::Api(super::Call::Publish {
+    Ok(super::Call::Publish {
         length,
         expect_continue,
     })
@@ -114,15 +114,15 @@ async fn read_body<S: AsyncReadRent>(
     mut buf: BytesMut,
     length: usize,
 ) -> Option<BytesMut> {
-    buf.reserve(length.saturating_sub(buf.len()));
-    while buf.len() < length {
-        let want = length - buf.len();
-        let (n, b) = crate::connection::read_more(stream, buf, want).await;
-        buf = b;
-        n?;
+    let have = buf.len();
+    if have >= length {
+        buf.truncate(length);
+        return Some(buf);
     }
-    buf.truncate(length);
-    Some(buf)
+    buf.reserve(length - have);
+    let (res, rest) = stream.read_exact(buf.slice_mut(have..length)).await;
+    res.ok()?;
+    Some(rest.into_inner())
 }
 
 /// A publish request's message, checked.
