@@ -8,6 +8,7 @@ pub mod compose;
 pub mod compose_merge;
 pub mod help;
 pub mod k8s;
+pub mod layout;
 pub mod problems;
 pub mod prometheus;
 
